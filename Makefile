@@ -1,0 +1,43 @@
+# The project's workflows. `make setup` once (or let any target do it), then `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Without CUDA take the local CPU build of torch (an unpinned torch pulls GBs of CUDA
+# wheels); with CUDA keep the user's torch by letting the venv see system packages.
+HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.PHONY: setup test test-slow test-all bench-cache clean help
+
+help:
+	@echo "make setup        create .venv and install the project (+dev extras)"
+	@echo "make test         the CPU test suite (what CI runs)"
+	@echo "make test-slow    the slower checks, marked @pytest.mark.slow"
+	@echo "make bench-cache  promote throughput vs memcpy (and host->device on CUDA)"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+ifeq ($(HAS_CUDA),1)
+	test -d $(VENV) || $(PYTHON) -m venv --system-site-packages $(VENV)
+else
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+endif
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-slow: setup
+	$(BIN)/python -m pytest -m slow
+
+test-all: setup
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+bench-cache: setup
+	$(BIN)/python -m idlekv.bench.cache_bench
+
+clean:
+	rm -rf runs multirun .pytest_cache

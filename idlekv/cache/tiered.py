@@ -1,0 +1,144 @@
+"""TieredCache: an active tier on the model's device plus a warm tier in host memory.
+
+Keys are stored post-RoPE, so a row's attention logit depends only on the query and the
+row itself: the order of rows in the cache does not matter to attention (softmax over a
+set), and every cached row lies in the past of any new token, so the causal mask over the
+cache is all ones. Promoted rows are therefore appended, never re-sorted, and new tokens
+get position_ids that continue from the ORIGINAL sequence length, not the cache length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from idlekv.cache.active import ActiveTier
+from idlekv.cache.selection import Selection, normalize_selection
+from idlekv.cache.warm import WarmTier
+
+
+@dataclass(frozen=True)
+class TierBytes:
+    active_kv: int  # keys + values of the rows the model attends to
+    active_allocated: int  # device buffers, reserved capacity included
+    warm_kv: int  # rows present in this cache's warm tier, as stored (scales included)
+    warm_storage: int  # host storage held (shared by forks)
+
+
+class TieredCache:
+    def __init__(self, active: ActiveTier, warm: WarmTier, seen_tokens: int):
+        self.active = active
+        self.warm = warm
+        self.seen_tokens = seen_tokens  # original sequence length: next token's position
+
+    # --- construction ------------------------------------------------------------------
+    @classmethod
+    def from_tensors(
+        cls,
+        keys: Sequence[torch.Tensor],
+        values: Sequence[torch.Tensor],
+        positions: Sequence[torch.Tensor] | None = None,
+        warm_precision: str = "model",
+        pin_memory: bool | None = None,
+    ) -> "TieredCache":
+        if positions is None:
+            b, h, n, _ = keys[0].shape
+            pos = torch.arange(n, device=keys[0].device).expand(b, h, n)
+            positions = [pos] * len(keys)
+        seen = int(max(int(p.max()) for p in positions)) + 1 if positions[0].numel() else 0
+        pin = (keys[0].device.type == "cuda") if pin_memory is None else pin_memory
+        return cls(ActiveTier(keys, values, positions), WarmTier(len(keys), warm_precision, pin), seen)
+
+    @classmethod
+    def from_hf(cls, cache, warm_precision: str = "model", pin_memory: bool | None = None) -> "TieredCache":
+        """Adopt a prefilled transformers cache (rows at positions 0..n-1)."""
+        keys = [layer.keys for layer in cache.layers]
+        values = [layer.values for layer in cache.layers]
+        return cls.from_tensors(keys, values, None, warm_precision, pin_memory)
+
+    # --- geometry ----------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return self.active.num_layers
+
+    @property
+    def rows(self) -> int:
+        return self.active.rows
+
+    def bytes(self) -> TierBytes:
+        return TierBytes(self.active.kv_nbytes, self.active.allocated_nbytes, self.warm.kv_nbytes, self.warm.storage_nbytes)
+
+    def _normalize(self, selection) -> Selection:
+        return normalize_selection(selection, self.num_layers, self.active.batch, self.active.kv_heads)
+
+    # --- the operations ------------------------------------------------------------------
+    def compress(self, keep: torch.Tensor | Sequence[torch.Tensor], reserve: int = 0) -> None:
+        """Keep the given active rows per layer/head; the rest move to the warm tier.
+
+        `reserve` rows of device capacity are allocated beside the kept rows so that a
+        later promotion of up to that many rows fits the budget without reallocating.
+        """
+        keep = self._normalize(keep)
+        if keep[0].shape[-1] > self.rows:
+            raise ValueError(f"cannot keep {keep[0].shape[-1]} rows: the active tier holds {self.rows}")
+        self.active, evicted = self.active.split(keep, reserve=reserve)
+        for layer, (k, v, p) in enumerate(evicted):
+            if k.shape[-2]:
+                self.warm.add(layer, k, v, p)
+
+    def promote(self, slots: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """Move the selected warm rows (slot indices per layer/head) into the active tier."""
+        slots = self._normalize(slots)
+        rows = self.warm.take(slots, self.active.device, self.active.dtype)
+        self.active.append([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+
+    def promote_positions(self, positions: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """Promote by original token position instead of warm slot."""
+        positions = self._normalize(positions)
+        self.promote([self.warm.slots_for_positions(i, p) for i, p in enumerate(positions)])
+
+    def drop_warm(self, slots: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        self.warm.drop(self._normalize(slots))
+
+    def fork(self) -> "TieredCache":
+        """A cheap independent copy: buffers and host storage are shared copy-on-write."""
+        return TieredCache(self.active.fork(), self.warm.fork(), self.seen_tokens)
+
+    # --- talking to transformers -----------------------------------------------------------
+    def position_ids(self, length: int) -> torch.Tensor:
+        """Positions for the next `length` tokens, continuing the original sequence."""
+        start = self.seen_tokens
+        return torch.arange(start, start + length, device=self.active.device).expand(self.active.batch, length)
+
+    def to_hf(self):
+        """A transformers DynamicCache over the active rows (no copy of the rows)."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        cache = DynamicCache()
+        for i in range(self.num_layers):
+            layer = DynamicLayer()
+            k, v = self.active.keys(i), self.active.values(i)
+            layer.lazy_initialization(k, v)
+            layer.keys, layer.values = k, v
+            cache.layers.append(layer)
+        return cache
+
+    def absorb(self, cache) -> int:
+        """Take in the rows a forward appended to `to_hf()`'s cache; returns how many."""
+        lengths = {layer.keys.shape[-2] for layer in cache.layers}
+        if len(lengths) != 1 or lengths.pop() < self.rows:
+            raise ValueError("the cache was not produced by a forward over this TieredCache's to_hf() view")
+        new = cache.layers[0].keys.shape[-2] - self.rows
+        if new == 0:
+            return 0
+        positions = self.position_ids(new).unsqueeze(1).expand(-1, self.active.kv_heads, -1)
+        self.active.append(
+            [layer.keys[:, :, self.rows :] for layer in cache.layers],
+            [layer.values[:, :, self.rows :] for layer in cache.layers],
+            [positions] * self.num_layers,
+        )
+        self.seen_tokens += new
+        return new

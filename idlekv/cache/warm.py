@@ -1,0 +1,162 @@
+"""The warm tier: evicted KV rows in host memory (pinned when CUDA is in use).
+
+Storage per layer is written once per eviction and never modified; which rows are still
+in the tier is a per-fork `present` mask. Forks therefore share the host bytes and stay
+independent, and promotion never rewrites host memory. `compact()` reclaims the storage
+of rows no fork needs any more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from idlekv.cache.quant import PRECISIONS, QuantizedRows, dequantize, quantize
+from idlekv.cache.selection import Selection, check_distinct_in_range, gather_rows
+
+
+class WarmTier:
+    def __init__(self, num_layers: int, precision: str = "model", pin_memory: bool | None = None):
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown warm precision {precision!r}; choose one of {PRECISIONS}")
+        self.precision = precision
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self._k: list[QuantizedRows | None] = [None] * num_layers
+        self._v: list[QuantizedRows | None] = [None] * num_layers
+        self._p: list[torch.Tensor | None] = [None] * num_layers
+        self._present: list[torch.Tensor | None] = [None] * num_layers
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._k)
+
+    def storage_rows(self, layer: int) -> int:
+        return 0 if self._p[layer] is None else self._p[layer].shape[-1]
+
+    @property
+    def rows(self) -> int:
+        """Rows present per (batch, head); equal for every layer and head by construction."""
+        if self._present[0] is None:
+            return 0
+        counts = self._present[0].sum(-1)
+        return int(counts.flatten()[0])
+
+    # --- bytes, from the tensors held -------------------------------------------------
+    def _row_bytes(self, layer: int) -> int:
+        """Stored bytes of one (batch, head, row) of keys + values, scales included."""
+        total = 0
+        for q in (self._k[layer], self._v[layer]):
+            total += q.data.shape[-1] * q.data.element_size()
+            if q.scale is not None:
+                total += q.scale.shape[-1] * q.scale.element_size()
+        return total
+
+    @property
+    def kv_nbytes(self) -> int:
+        """Bytes of the rows present in this tier (view of this fork)."""
+        return sum(
+            int(self._present[i].sum()) * self._row_bytes(i) for i in range(self.num_layers) if self._present[i] is not None
+        )
+
+    @property
+    def storage_nbytes(self) -> int:
+        """Bytes of host storage held (shared with forks), keys + values + scales."""
+        return sum(self._k[i].nbytes + self._v[i].nbytes for i in range(self.num_layers) if self._k[i] is not None)
+
+    # --- operations -------------------------------------------------------------------
+    def add(self, layer: int, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
+        """Store evicted rows (quantized where they are, then copied to host)."""
+        k = quantize(keys, self.precision).to("cpu", pin=self.pin_memory)
+        v = quantize(values, self.precision).to("cpu", pin=self.pin_memory)
+        p = positions.to("cpu")
+        present = torch.ones(p.shape, dtype=torch.bool)
+        if self._k[layer] is not None:
+            k = _cat(self._k[layer], k, self.pin_memory)
+            v = _cat(self._v[layer], v, self.pin_memory)
+            p = torch.cat([self._p[layer], p], dim=-1)
+            present = torch.cat([self._present[layer], present], dim=-1)
+        self._k[layer], self._v[layer], self._p[layer], self._present[layer] = k, v, p, present
+
+    def candidates(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slots, positions) of the rows present, each (batch, kv_heads, rows), ascending slot."""
+        if self._present[layer] is None:
+            empty = torch.empty(0, 0, 0, dtype=torch.long)
+            return empty, empty
+        present = self._present[layer]
+        n = int(present[0, 0].sum())
+        slots = torch.sort((~present).to(torch.int8), dim=-1, stable=True).indices[..., :n]
+        return slots, gather_rows(self._p[layer], slots)
+
+    def positions(self, layer: int) -> torch.Tensor:
+        """Original positions of every storage slot (batch, kv_heads, storage_rows)."""
+        return self._p[layer]
+
+    def slots_for_positions(self, layer: int, positions: torch.Tensor) -> torch.Tensor:
+        """Map original positions (batch, kv_heads, k) to the present slots that hold them."""
+        slots, stored = self.candidates(layer)
+        order = stored.argsort(dim=-1)
+        sorted_pos = torch.gather(stored, -1, order)
+        where = torch.searchsorted(sorted_pos, positions.contiguous()).clamp_max(max(sorted_pos.shape[-1] - 1, 0))
+        found = torch.gather(sorted_pos, -1, where) == positions
+        if not bool(found.all()):
+            missing = positions[~found][:5].tolist()
+            raise KeyError(f"layer {layer}: positions not present in the warm tier, e.g. {missing}")
+        return torch.gather(slots, -1, torch.gather(order, -1, where))
+
+    def take(self, slots: Selection, device: torch.device, dtype: torch.dtype) -> list[tuple[torch.Tensor, ...]]:
+        """Remove the selected rows from this tier and return them dequantized on `device`."""
+        self._check(slots)
+        out = []
+        for layer, idx in enumerate(slots):
+            k = QuantizedRows(gather_rows(self._k[layer].data, idx), _gather_scale(self._k[layer], idx))
+            v = QuantizedRows(gather_rows(self._v[layer].data, idx), _gather_scale(self._v[layer], idx))
+            p = gather_rows(self._p[layer], idx)
+            # Gathered rows go through a pinned staging buffer so the copy to the GPU is asynchronous.
+            on_cuda = torch.device(device).type == "cuda"
+            k, v = k.to(device, non_blocking=on_cuda, pin=on_cuda), v.to(device, non_blocking=on_cuda, pin=on_cuda)
+            out.append((dequantize(k, dtype), dequantize(v, dtype), p.to(device)))
+            self._present[layer] = self._present[layer].scatter(-1, idx, False)
+        return out
+
+    def drop(self, slots: Selection) -> None:
+        """Forget rows (this fork only); their storage is reclaimed by `compact()`."""
+        self._check(slots)
+        for layer, idx in enumerate(slots):
+            self._present[layer] = self._present[layer].scatter(-1, idx, False)
+
+    def fork(self) -> "WarmTier":
+        twin = object.__new__(WarmTier)
+        twin.precision, twin.pin_memory = self.precision, self.pin_memory
+        twin._k, twin._v, twin._p = list(self._k), list(self._v), list(self._p)
+        twin._present = list(self._present)  # masks are replaced, never written in place
+        return twin
+
+    def compact(self) -> None:
+        """Rewrite storage to hold only the rows present (this fork's own copy)."""
+        for layer in range(self.num_layers):
+            if self._present[layer] is None:
+                continue
+            slots, _ = self.candidates(layer)
+            self._k[layer] = QuantizedRows(gather_rows(self._k[layer].data, slots), _gather_scale(self._k[layer], slots)).to("cpu", pin=self.pin_memory)
+            self._v[layer] = QuantizedRows(gather_rows(self._v[layer].data, slots), _gather_scale(self._v[layer], slots)).to("cpu", pin=self.pin_memory)
+            self._p[layer] = gather_rows(self._p[layer], slots)
+            self._present[layer] = torch.ones(self._p[layer].shape, dtype=torch.bool)
+
+    def _check(self, slots: Selection) -> None:
+        for layer, idx in enumerate(slots):
+            if self._present[layer] is None:
+                raise ValueError("the warm tier is empty")
+            check_distinct_in_range(idx, self.storage_rows(layer), f"layer {layer} warm selection")
+            if not bool(torch.gather(self._present[layer], -1, idx).all()):
+                raise ValueError(f"layer {layer}: a selected warm row was already promoted or dropped")
+
+
+def _gather_scale(q: QuantizedRows, idx: torch.Tensor) -> torch.Tensor | None:
+    return None if q.scale is None else gather_rows(q.scale, idx)
+
+
+def _cat(a: QuantizedRows, b: QuantizedRows, pin: bool) -> QuantizedRows:
+    data = torch.cat([a.data, b.data], dim=2)
+    scale = None if a.scale is None else torch.cat([a.scale, b.scale], dim=2)
+    return QuantizedRows(data, scale).to("cpu", pin=pin)

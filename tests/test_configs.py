@@ -1,0 +1,25 @@
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+
+from idlekv.config import compose
+from idlekv.models import load_model
+from idlekv.tiny_models import build_tiny_model
+
+
+def test_default_config_composes_every_group():
+    cfg = compose()
+    assert {"model", "task", "retention", "repair", "logger"} <= set(cfg)
+    assert cfg.model.path == "models/embedded" and cfg.repair.burst == [-2, 20]
+
+
+def test_model_group_drives_the_loader(tmp_path):
+    build_tiny_model("qwen2", tmp_path / "m")
+    cfg = compose([f"model.path={tmp_path / 'm'}", "model.dtype=bfloat16"])
+    loaded = load_model(cfg.model.path, dtype=cfg.model.dtype, device="cpu", attn_implementation=cfg.model.attn_implementation)
+    assert loaded.spec.dtype == torch.bfloat16 and loaded.spec.family == "qwen2"
+
+
+def test_unknown_group_option_is_an_error():
+    with pytest.raises(ConfigCompositionException):
+        compose(["retention=no_such_rule"])
