@@ -23,3 +23,12 @@ def test_model_group_drives_the_loader(tmp_path):
 def test_unknown_group_option_is_an_error():
     with pytest.raises(ConfigCompositionException):
         compose(["retention=no_such_rule"])
+
+
+def test_task_group_builds_a_task_spec():
+    from ruler.tasks import spec_from_config
+
+    cfg = compose(["task.options.split=clean", "+task.options.recency_window=128"])
+    spec = spec_from_config(cfg.task)
+    assert (spec.name, spec.split, spec.recency_window, spec.num_keys) == ("mq_niah_4q", "clean", 128, 4)
+    assert spec_from_config(compose(["task=niah"]).task).haystack == "noise"

@@ -1,0 +1,66 @@
+"""Haystack units: the filler between needles, one unit at a time.
+
+Unit i is a pure function of (sample seed, i), so growing or shrinking the haystack while
+fitting a length never changes the units already placed.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from ruler.keys import make_key, make_value
+from ruler.templates import NEEDLE, NOISE
+
+DEFAULT_ESSAY = Path(__file__).parent / "data" / "essay.txt"
+
+
+def _sentences(text: str) -> tuple[str, ...]:
+    parts = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+    return tuple(p for p in parts if p)
+
+
+@lru_cache(maxsize=8)
+def essay_sentences(path: str) -> tuple[str, ...]:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"essay haystack file {file} does not exist (essay_path)")
+    sentences = _sentences(file.read_text(encoding="utf-8"))
+    if not sentences:
+        raise ValueError(f"essay haystack file {file} has no text")
+    return sentences
+
+
+class Haystack:
+    """Unit i of a haystack kind; `separator` joins units (and needles) into the context."""
+
+    def __init__(self, kind: str, seed: int, key_kind: str = "words", value_kind: str = "numbers",
+                 value_digits: int = 7, essay_path: str | None = None, forbidden: frozenset[str] = frozenset()):
+        self.kind, self.seed = kind, seed
+        self.key_kind, self.value_kind, self.value_digits = key_kind, value_kind, value_digits
+        self.forbidden = forbidden  # keys/values of real needles: a distractor must not repeat them
+        if kind == "noise":
+            self._cycle, self.separator = _sentences(NOISE), " "
+        elif kind == "essay":
+            self._cycle, self.separator = essay_sentences(str(essay_path or DEFAULT_ESSAY)), " "
+        elif kind == "needle":
+            self._cycle, self.separator = (), "\n"
+        else:
+            raise ValueError(f"unknown haystack {kind!r}")
+
+    def unit(self, i: int) -> str:
+        if self.kind != "needle":
+            return self._cycle[i % len(self._cycle)]
+        rng = random.Random(f"{self.seed}/distractor/{i}")
+        for _ in range(100):
+            key = make_key(self.key_kind, rng)
+            value = make_value(self.value_kind, rng, self.value_digits)
+            if not any(key in f or f in key or value in f or f in value for f in self.forbidden):
+                type_value = "numbers" if self.value_kind == "numbers" else "uuids"
+                return NEEDLE.format(type_value=type_value, key=key, value=value)
+        raise RuntimeError("could not draw a distractor needle distinct from the real ones")
+
+    def units(self, n: int) -> list[str]:
+        return [self.unit(i) for i in range(n)]
