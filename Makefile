@@ -7,13 +7,15 @@ STAMP  := $(VENV)/.installed
 # wheels); with CUDA keep the user's torch by letting the venv see system packages.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: setup test test-slow test-all bench-cache clean help
+.PHONY: setup test test-slow test-all bench-cache tiny-model phase01 clean help
 
 help:
 	@echo "make setup        create .venv and install the project (+dev extras)"
 	@echo "make test         the CPU test suite (what CI runs)"
 	@echo "make test-slow    the slower checks, marked @pytest.mark.slow"
 	@echo "make bench-cache  promote throughput vs memcpy (and host->device on CUDA)"
+	@echo "make tiny-model   train the embedded model into models/embedded (resumable)"
+	@echo "make phase01      the full-cache gate on the embedded model"
 
 setup: $(STAMP)
 
@@ -38,6 +40,12 @@ test-all: setup
 
 bench-cache: setup
 	$(BIN)/python -m idlekv.bench.cache_bench
+
+tiny-model: setup
+	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/default.yaml
+
+phase01: setup
+	$(BIN)/python -m phases.phase01_full_cache.run experiment=phase01_full_cache
 
 clean:
 	rm -rf runs multirun .pytest_cache

@@ -7,7 +7,7 @@ import uuid
 from functools import lru_cache
 from pathlib import Path
 
-KEY_KINDS = ("words", "numbers", "artifact", "uuids")
+KEY_KINDS = ("words", "word", "numbers", "artifact", "uuids")
 VALUE_KINDS = ("numbers", "uuids")
 TYPE_NAMES = {"numbers": "numbers", "uuids": "uuids"}
 
@@ -19,9 +19,11 @@ def word_list() -> tuple[str, ...]:
 
 
 def make_key(kind: str, rng: random.Random) -> str:
-    if kind == "words":
+    if kind == "words":  # RULER's word-pair keys
         a, b = rng.sample(word_list(), 2)
         return f"{a}-{b}"
+    if kind == "word":  # one word: a single token for a tokenizer trained on these words
+        return rng.choice(word_list())
     if kind == "numbers":
         return str(rng.randint(10**6, 10**7 - 1))
     if kind == "artifact":

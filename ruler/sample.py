@@ -29,6 +29,13 @@ class Turn:
     keys: list[str]
     outputs: list[str]  # gold values, in the order asked
 
+    def gold_answer(self, answer_format: str = "values", values_per_key: int = 1) -> str:
+        """The answer text a model is trained to produce after the answer prefix."""
+        if answer_format == "keyed":
+            groups = [self.outputs[i * values_per_key : (i + 1) * values_per_key] for i in range(len(self.keys))]
+            return " " + ", ".join(f"{k}: {' '.join(g)}" for k, g in zip(self.keys, groups)) + "."
+        return " " + ", ".join(self.outputs) + "."
+
 
 @dataclass
 class Sample:

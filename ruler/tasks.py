@@ -9,6 +9,7 @@ from ruler.keys import KEY_KINDS, VALUE_KINDS
 HAYSTACKS = ("noise", "essay", "needle")
 SPLITS = ("all", "balanced", "clean", "schedule")
 QUESTION_STYLES = ("literal", "ordinal")
+ANSWER_FORMATS = ("values", "keyed")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class TaskSpec:
     depths: tuple[float, ...] = ()  # fixed needle depths in [0, 1]; empty = drawn from the seed
     question_style: str = "literal"  # literal | ordinal (turns >= 2 name keys by order of appearance)
     answer_tokens: int = 64  # tokens reserved per turn for the generated answer
+    # How a gold answer is written (training targets; the metric only looks for the values):
+    # "values" = "1234, 5678."; "keyed" = "falcon: 1234, heron: 5678." (each value after its key).
+    answer_format: str = "values"
     essay_path: str | None = None  # any local text file; default: ruler/data/essay.txt
     chat: bool | None = None  # None = use the tokenizer's chat template when it has one
     extra: dict = field(default_factory=dict, compare=False)
@@ -44,6 +48,7 @@ class TaskSpec:
             (self.key_kind in KEY_KINDS, f"key_kind {self.key_kind!r} not in {KEY_KINDS}"),
             (self.value_kind in VALUE_KINDS, f"value_kind {self.value_kind!r} not in {VALUE_KINDS}"),
             (self.split in SPLITS, f"split {self.split!r} not in {SPLITS}"),
+            (self.answer_format in ANSWER_FORMATS, f"answer_format {self.answer_format!r} not in {ANSWER_FORMATS}"),
             (self.question_style in QUESTION_STYLES, f"question_style {self.question_style!r} not in {QUESTION_STYLES}"),
             (1 <= self.num_queries <= self.num_keys, f"num_queries {self.num_queries} must be in [1, num_keys={self.num_keys}]"),
             (not self.depths or len(self.depths) == self.num_keys * self.num_values,
@@ -92,6 +97,10 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("niah_multivalue", haystack="essay", key_kind="words", num_values=4),
         TaskSpec("niah_multiquery", haystack="essay", key_kind="words", num_keys=4, num_queries=4),
         _mq(2), _mq(4), _mq(6), _mq(8),
+        # The embedded model's setting: RULER's distractor-needle haystack (every haystack row is
+        # itself a needle a cache budget must choose among), one-token word keys, 4-digit values.
+        TaskSpec("mq_niah_4q_embedded", haystack="needle", key_kind="word", value_digits=4, num_keys=4,
+                 num_queries=4, split="balanced", answer_format="keyed", answer_tokens=24),
     ]
 }
 

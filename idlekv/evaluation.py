@@ -1,0 +1,55 @@
+"""Answer a ruler sample's turns with a model over a TieredCache, and score the answers.
+
+The prompt is prefilled once; each turn's text is then prefilled over the cache and its
+answer decoded greedily. A hook may change the cache before any turn (compress it,
+remove rows, repair it): that is how ablations and, later, the repair engine plug in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from idlekv.cache import TieredCache
+from idlekv.generation import run_turn, stop_token_ids
+from ruler.metrics import needle_recall
+from ruler.render import encode, render
+from ruler.sample import Sample
+
+BeforeTurn = Callable[[int, TieredCache, Sample], None]
+
+
+@dataclass
+class TurnResult:
+    turn: int
+    answer: str
+    recall: list[bool]  # per gold value of the turn
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.recall) / len(self.recall) if self.recall else 0.0
+
+
+@torch.no_grad()
+def prefill(model, prompt_ids: list[int], warm_precision: str = "model") -> TieredCache:
+    device = next(model.parameters()).device
+    out = model(torch.tensor([prompt_ids], device=device), use_cache=True)
+    return TieredCache.from_hf(out.past_key_values, warm_precision=warm_precision)
+
+
+@torch.no_grad()
+def answer_sample(model, tokenizer, sample: Sample, max_new_tokens: int = 48, before_turn: BeforeTurn | None = None,
+                  stop_ids: set[int] | None = None) -> list[TurnResult]:
+    """Answer every turn of `sample`; earlier answers stay in the context of later turns."""
+    stop_ids = stop_token_ids(tokenizer) if stop_ids is None else stop_ids
+    rendered = render(sample, tokenizer)
+    cache = prefill(model, encode(tokenizer, rendered.prompt_text))
+    results = []
+    for t, (turn, text) in enumerate(zip(sample.turns, rendered.turn_texts)):
+        if before_turn is not None:
+            before_turn(t, cache, sample)
+        answer = tokenizer.decode(run_turn(model, cache, encode(tokenizer, text), max_new_tokens, stop_ids))
+        results.append(TurnResult(t, answer, needle_recall(answer, turn.outputs)))
+    return results

@@ -1,0 +1,63 @@
+"""Greedy decoding over a (possibly pruned) KV cache, batched over rows.
+
+Positions continue from the caller's `start_position` (the ORIGINAL sequence length),
+not from the cache length, so pruned and repaired caches decode correctly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+def stop_token_ids(tokenizer, stop_on_newline: bool = True) -> set[int]:
+    """End-of-sequence ids, plus every token whose text contains a newline."""
+    ids = {i for i in (tokenizer.eos_token_id,) if i is not None}
+    if stop_on_newline:
+        vocab = tokenizer.get_vocab()
+        ids |= {i for i in vocab.values() if "\n" in tokenizer.decode([i])}
+    return ids
+
+
+@torch.no_grad()
+def greedy_decode(
+    model,
+    past_key_values,
+    last_logits: torch.Tensor,
+    start_position: int | torch.Tensor,
+    max_new_tokens: int,
+    stop_ids: Iterable[int] = (),
+) -> list[list[int]]:
+    """Decode from `last_logits` (batch, vocab); returns each row's tokens up to (excluding) a stop id.
+
+    `past_key_values` already holds the prompt; every row continues at `start_position`.
+    """
+    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=last_logits.device)
+    batch = last_logits.shape[0]
+    done = torch.zeros(batch, dtype=torch.bool, device=last_logits.device)
+    out = [[] for _ in range(batch)]
+    logits = last_logits
+    position = torch.as_tensor(start_position, device=last_logits.device).reshape(-1, 1).expand(batch, 1)
+    for step in range(max_new_tokens):
+        token = logits.argmax(-1)
+        hit = torch.isin(token, stop) if stop.numel() else torch.zeros_like(done)
+        for row in (~done & ~hit).nonzero().flatten().tolist():
+            out[row].append(int(token[row]))
+        done |= hit
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        logits = model(token[:, None], past_key_values=past_key_values, position_ids=position + step, use_cache=True).logits[:, -1]
+    return out
+
+
+@torch.no_grad()
+def run_turn(model, cache, turn_ids: list[int], max_new_tokens: int, stop_ids: Iterable[int]) -> list[int]:
+    """Prefill a turn's tokens over a TieredCache, decode the answer greedily, keep both in the cache."""
+    hf = cache.to_hf()
+    ids = torch.tensor([turn_ids], device=cache.active.device)
+    logits = model(ids, past_key_values=hf, position_ids=cache.position_ids(len(turn_ids)), use_cache=True).logits[:, -1]
+    cache.absorb(hf)  # the turn's rows, at positions continuing the original sequence
+    answer = greedy_decode(model, hf, logits, cache.seen_tokens, max_new_tokens, stop_ids)[0]
+    cache.absorb(hf)  # the answer's rows
+    return answer

@@ -1,0 +1,95 @@
+"""phase01: the full-cache gate (make phase01).
+
+For every (task, needle count, length) of the experiment config, generate samples with
+ruler, answer all their turns with the full cache, and record per-turn accuracy. Rows go to
+a resumable store under runs/; the CSV and the figure are rebuilt from all rows.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from idlekv.environment import environment
+from idlekv.evaluation import answer_sample
+from idlekv.models import load_model
+from idlekv.results import ResultStore
+from phases.phase01_full_cache.report import summarize, write_figure
+from ruler import generate
+from ruler.generation import LengthError
+from ruler.tasks import get_task
+
+KEY_FIELDS = ("task", "num_keys", "length", "index")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cells(phase) -> list[dict]:
+    out = []
+    for task in phase.tasks:
+        for num_keys in task.num_keys:
+            for length in phase.lengths:
+                for index in range(phase.num_samples):
+                    out.append({"task": task.label, "name": task.name, "num_keys": int(num_keys), "length": int(length),
+                                "index": index, "options": OmegaConf.to_container(task.options)})
+    return out
+
+
+def run(cfg: DictConfig, run_dir: Path) -> Path:
+    phase = cfg.phase
+    lm = load_model(ROOT / cfg.model.path, dtype=cfg.model.dtype, device=None if cfg.device == "auto" else cfg.device,
+                    attn_implementation=cfg.model.attn_implementation)
+    if lm.tokenizer is None:
+        raise SystemExit(f"{cfg.model.path} has no tokenizer files; phase01 needs one")
+    locked = {"model": OmegaConf.to_container(cfg.model), "phase": OmegaConf.to_container(phase)}
+    store = ResultStore(run_dir, KEY_FIELDS, config=locked, environment=environment())
+    todo = [c for c in cells(phase) if not store.is_done(c)]
+    for cell in tqdm(todo, desc=phase.name, unit="sample"):
+        num_keys = cell["num_keys"]
+        base = get_task(cell["name"])
+        # a task that asks all its keys keeps asking all of them at every needle count
+        overrides = dict(cell["options"], num_keys=num_keys)
+        if base.num_queries == base.num_keys:
+            overrides["num_queries"] = num_keys
+        row = {k: cell[k] for k in KEY_FIELDS}
+        try:
+            sample = generate(cell["name"], cell["length"], cell["index"], lm.tokenizer, phase.base_seed, **overrides)
+        except LengthError as err:
+            store.append({**row, "skipped": str(err)})
+            continue
+        start = time.perf_counter()
+        results = answer_sample(lm.model, lm.tokenizer, sample, phase.max_new_tokens)
+        for r in results:
+            row[f"turn{r.turn + 1}_accuracy"] = r.accuracy
+            row[f"turn{r.turn + 1}_answer"] = r.answer
+        row["accuracy"] = sum(r.accuracy for r in results) / len(results)
+        row["last_turn_accuracy"] = results[-1].accuracy
+        row["prompt_tokens"] = sample.prompt_tokens
+        row["seconds"] = round(time.perf_counter() - start, 4)
+        store.append(row)
+    frame = store.to_frame()
+    csv = ROOT / phase.csv
+    summary = summarize(frame)
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(csv, index=False)
+    store.write_csv(run_dir / "rows.csv")
+    write_figure(summary, ROOT / phase.figure)
+    print(summary.to_string(index=False))
+    print(f"wrote {csv} and {phase.figure}")
+    return csv
+
+
+@hydra.main(config_path="../../configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    if "phase" not in cfg:
+        raise SystemExit("choose the experiment: python phases/phase01_full_cache/run.py experiment=phase01_full_cache")
+    from hydra.core.hydra_config import HydraConfig
+
+    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()
