@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # wheels); with CUDA keep the user's torch by letting the venv see system packages.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: setup test test-slow test-all bench-cache tiny-model phase01 clean help
+.PHONY: setup test test-slow test-all bench-cache tiny-model phase01 repair clean help
 
 help:
 	@echo "make setup        create .venv and install the project (+dev extras)"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench-cache  promote throughput vs memcpy (and host->device on CUDA)"
 	@echo "make tiny-model   train the embedded model into models/embedded (resumable)"
 	@echo "make phase01      the full-cache gate on the embedded model"
+	@echo "make repair       the main job: phase03's 4Q repair frontier on the embedded model"
 
 setup: $(STAMP)
 
@@ -46,6 +47,9 @@ tiny-model: setup
 
 phase01: setup
 	$(BIN)/python -m phases.phase01_full_cache.run experiment=phase01_full_cache
+
+repair: setup
+	$(BIN)/python -m phases.phase03_repair.run experiment=phase03_repair_4q
 
 clean:
 	rm -rf runs multirun .pytest_cache

@@ -30,6 +30,7 @@ class QueryCapture:
     layers: set[int] | None = None
     attentions_wanted: bool = False
     last_n: int | None = None
+    accumulate: bool = False  # concatenate over forwards (e.g. the steps of a decode) instead of replacing
     queries: dict[int, torch.Tensor] = field(default_factory=dict)
     attentions: dict[int, torch.Tensor] = field(default_factory=dict)
 
@@ -43,6 +44,8 @@ class QueryCapture:
         q = query.detach()
         if self.last_n is not None:
             q = q[:, :, -self.last_n :]
+        if self.accumulate and layer in self.queries:
+            q = torch.cat([self.queries[layer], q], dim=2)
         self.queries[layer] = q
         if self.attentions_wanted:
             self.attentions[layer] = attention_weights(q, key.detach(), attention_mask, scaling, query.shape[-2])
@@ -104,7 +107,7 @@ def _set_implementation(model, name: str) -> None:
 
 @contextmanager
 def capture_queries(
-    model, layers: Iterable[int] | None = None, attentions: bool = False, last_n: int | None = None
+    model, layers: Iterable[int] | None = None, attentions: bool = False, last_n: int | None = None, accumulate: bool = False
 ):
     """Within the block, each forward of `model` records post-RoPE queries per layer.
 
@@ -116,7 +119,9 @@ def capture_queries(
     if original.startswith("idlekv_capture_"):
         original = original.removeprefix("idlekv_capture_")
     name = _register(original)
-    capture = QueryCapture(set(layers) if layers is not None else None, attentions, last_n)
+    if accumulate and attentions:
+        raise ValueError("attention weights cannot be accumulated over forwards of different cache sizes")
+    capture = QueryCapture(set(layers) if layers is not None else None, attentions, last_n, accumulate)
     _set_implementation(model, name)
     _ACTIVE.append(capture)
     try:

@@ -61,3 +61,16 @@ def run_turn(model, cache, turn_ids: list[int], max_new_tokens: int, stop_ids: I
     answer = greedy_decode(model, hf, logits, cache.seen_tokens, max_new_tokens, stop_ids)[0]
     cache.absorb(hf)  # the answer's rows
     return answer
+
+
+@torch.no_grad()
+def resume_batch(model, caches, turn_ids: list[int], max_new_tokens: int, stop_ids: Iterable[int]) -> list[list[int]]:
+    """Prefill the same turn over several equal-size caches as one batch and decode greedily."""
+    from idlekv.cache.tiered import stack_to_hf
+
+    hf = stack_to_hf(caches)
+    batch, start = len(caches), caches[0].seen_tokens
+    ids = torch.tensor([turn_ids], device=caches[0].active.device).expand(batch, -1)
+    positions = caches[0].position_ids(len(turn_ids)).expand(batch, -1)
+    logits = model(ids, past_key_values=hf, position_ids=positions, use_cache=True).logits[:, -1]
+    return greedy_decode(model, hf, logits, start + len(turn_ids), max_new_tokens, stop_ids)

@@ -142,3 +142,26 @@ class TieredCache:
         )
         self.seen_tokens += new
         return new
+
+
+def stack_to_hf(caches: Sequence[TieredCache]):
+    """One transformers DynamicCache holding several caches of equal size as a batch.
+
+    Conditions of one sample resume with the same number of active rows and the same
+    original length, so they decode together as one batch.
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    sizes = {(c.rows, c.seen_tokens) for c in caches}
+    if len(sizes) != 1:
+        raise ValueError(f"only caches of equal active rows and original length stack; got (rows, length) {sorted(sizes)}")
+    cache = DynamicCache()
+    for i in range(caches[0].num_layers):
+        layer = DynamicLayer()
+        k = torch.cat([c.active.keys(i) for c in caches])
+        v = torch.cat([c.active.values(i) for c in caches])
+        layer.lazy_initialization(k, v)
+        layer.keys, layer.values = k, v
+        cache.layers.append(layer)
+    return cache

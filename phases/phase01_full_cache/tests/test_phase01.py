@@ -1,24 +1,13 @@
 """phase01 end to end on a random tiny model: cells, resume, CSV and figure."""
 
 import pandas as pd
-import pytest
 
 from idlekv.config import compose
-from idlekv.embedded.tokenizer import build_tokenizer
-from idlekv.tiny_models import build_tiny_model
 from phases.phase01_full_cache.run import run
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    tok = build_tokenizer()
-    build_tiny_model("llama", path, vocab_size=len(tok), max_position_embeddings=2048)
-    tok.save_pretrained(path)
-    return path
-
-
-def test_phase01_runs_resumes_and_reports(model_dir, tmp_path):
+def test_phase01_runs_resumes_and_reports(tiny_model_dir, tmp_path):
+    model_dir = tiny_model_dir
     cfg = compose([
         "experiment=phase01_full_cache", f"model.path={model_dir}", "device=cpu",
         "phase.lengths=[384]", "phase.num_samples=2", "phase.max_new_tokens=4",

@@ -1,0 +1,257 @@
+"""The matched-budget repair engine: every condition of every (B, K) cell from one prefill.
+
+Per sample: prefill the prompt once; answer turn 1 from the full cache (capturing the
+observation window's queries); score the context with the turn-1 rule; per base budget B,
+compress to B context rows (the turn-1 tail kept outside the budget) with the evicted rows
+in the warm tier, and compute the next-turn signals once; per K, derive each condition's
+cache (a fork), all with B+K context rows, and resume turn 2 for all of them as one batch.
+A condition is data: a name, a kind, a signal and a selector.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from idlekv.attention import capture_queries
+from idlekv.cache import TieredCache
+from idlekv.evaluation import prefill
+from idlekv.generation import resume_batch, run_turn, stop_token_ids
+from idlekv.repair.granularity import take_first_k, unit_scores
+from idlekv.repair.scoring import RowScores, proxy_queries, score_rows
+from idlekv.repair.selectors import Coverage, TopKBurst, build_selector
+from idlekv.retention.base import RetentionInputs, RetentionRule
+from ruler.metrics import needle_recall
+from ruler.render import encode, render
+from ruler.sample import Sample
+
+KINDS = ("full", "matched", "repair", "refresh")
+SIGNALS = ("exact", "proxy", "stale", None)
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    kind: str  # full | matched (the rule at B+K) | repair (B + K promoted) | refresh (re-select B+K)
+    signal: str | None = None  # exact | proxy | stale (turn-1 question) | None (content-agnostic)
+    selector: str | None = None  # topk_burst | coverage | random | oldest | span_ref
+    granularity: str = "shared"  # shared | layer | head
+    deployable: bool = True
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"condition {self.name}: kind {self.kind!r} not in {KINDS}")
+        if self.signal not in SIGNALS:
+            raise ValueError(f"condition {self.name}: signal {self.signal!r} not in {SIGNALS}")
+        if self.kind == "repair" and self.selector is None:
+            raise ValueError(f"condition {self.name}: a repair needs a selector")
+
+
+STANDARD_CONDITIONS = (
+    Condition("Full", "full"),
+    Condition("Matched", "matched"),
+    Condition("IdleKV", "repair", "exact", "topk_burst"),
+    Condition("Coverage", "repair", "exact", "coverage"),
+    Condition("Random-K", "repair", None, "random"),
+    Condition("Oldest-K", "repair", None, "oldest"),
+    Condition("SpanRef-K", "repair", None, "span_ref", deployable=False),
+    Condition("Refresh-buffered", "refresh", "exact"),
+)
+
+
+@dataclass
+class EngineConfig:
+    budgets: Sequence[int]
+    ks: Sequence[int]
+    conditions: Sequence[Condition] = STANDARD_CONDITIONS
+    window: str = "answer"  # the turn-1 observation window: question | answer | both
+    max_new_tokens: int = 48
+    warm_precision: str = "model"
+    chunk_rows: int = 8192
+    burst: tuple[int, int] = (-2, 20)
+    coverage_width: int = 23
+    seed: int = 0
+    turn: int = 1  # the turn that is repaired and scored (0-based): turn 2
+    extra: dict = field(default_factory=dict)
+
+
+class RepairEngine:
+    def __init__(self, model, tokenizer, rule: RetentionRule, config: EngineConfig):
+        self.model, self.tokenizer, self.rule, self.config = model, tokenizer, rule, config
+        self.stop_ids = stop_token_ids(tokenizer)
+        self.selectors = {}
+        for c in config.conditions:
+            if c.selector == "topk_burst":
+                self.selectors[c.selector] = TopKBurst(*config.burst)
+            elif c.selector == "coverage":
+                self.selectors[c.selector] = Coverage(config.coverage_width)
+            elif c.selector is not None:
+                self.selectors[c.selector] = build_selector(c.selector)
+
+    # --- turn 1 ------------------------------------------------------------------------
+    def _turn_one(self, sample: Sample):
+        rendered = render(sample, self.tokenizer)
+        prompt = encode(self.tokenizer, rendered.prompt_text)
+        root = prefill(self.model, prompt, self.config.warm_precision)
+        turn1 = encode(self.tokenizer, rendered.turn_texts[0])
+        with capture_queries(self.model, accumulate=True) as cap:
+            answer = run_turn(self.model, root, turn1, self.config.max_new_tokens, self.stop_ids)
+        queries = [cap.queries[layer][0] for layer in range(root.num_layers)]
+        n = len(prompt)
+        positions = torch.arange(n, n + queries[0].shape[1])
+        window = {"question": slice(0, len(turn1)), "answer": slice(len(turn1), None), "both": slice(0, None)}[self.config.window]
+        if positions[window].numel() == 0:  # an empty answer leaves no answer window: fall back to the question
+            window = slice(0, len(turn1))
+        return root, n, answer, [q[:, window] for q in queries], positions[window], [q[:, : len(turn1)] for q in queries], positions[: len(turn1)]
+
+    def _keep(self, scores: torch.Tensor, budget: int, root: TieredCache, n_ctx: int) -> list[torch.Tensor]:
+        context = self.rule.select(scores, budget)  # (layers, heads, budget) positions == root slots
+        tail = torch.arange(n_ctx, root.rows).expand(context.shape[1], -1)
+        return [torch.cat([context[layer], tail], dim=-1) for layer in range(context.shape[0])]
+
+    # --- the next-turn signal ---------------------------------------------------------------
+    def _signals(self, comp: TieredCache, turn_ids: list[int], stale_queries) -> dict[str, tuple[RowScores, float]]:
+        wanted = {c.signal for c in self.config.conditions if c.signal}
+        out = {}
+        if wanted & {"exact", "proxy"}:
+            start = time.perf_counter()
+            probe = comp.fork()
+            hf = probe.to_hf()
+            with capture_queries(self.model) as cap, torch.no_grad():
+                self.model(torch.tensor([turn_ids], device=comp.active.device), past_key_values=hf,
+                           position_ids=probe.position_ids(len(turn_ids)), use_cache=True)
+            forward = time.perf_counter() - start
+            if "exact" in wanted:
+                start = time.perf_counter()
+                out["exact"] = (score_rows(comp, [cap.queries[i][0] for i in range(comp.num_layers)], self.config.chunk_rows), forward + time.perf_counter() - start)
+            if "proxy" in wanted:
+                start = time.perf_counter()
+                new_keys = [layer.keys[:, :, probe.rows :] for layer in hf.layers]
+                out["proxy"] = (score_rows(comp, proxy_queries(new_keys), self.config.chunk_rows), forward + time.perf_counter() - start)
+        if "stale" in wanted:
+            start = time.perf_counter()
+            out["stale"] = (score_rows(comp, stale_queries, self.config.chunk_rows), time.perf_counter() - start)
+        return out
+
+    # --- one condition's cache ---------------------------------------------------------------
+    def _repair(self, cond: Condition, comp: TieredCache, k: int, n_ctx: int, signals, sample: Sample, b: int):
+        cache = comp.fork()
+        start = time.perf_counter()
+        if cond.signal is not None:
+            rs = signals[cond.signal][0]
+            values, positions, slots = rs.warm, rs.warm_positions, rs.warm_slots
+        else:
+            cands = [cache.warm.candidates(layer) for layer in range(cache.num_layers)]
+            slots, positions = [c[0][0] for c in cands], [c[1][0] for c in cands]
+            values = [torch.zeros(p.shape) for p in positions]
+        per_unit = unit_scores(values, positions, n_ctx, cond.granularity)
+        spans = [(n.token_start, n.token_end) for n in sample.needles_for_turn(self.config.turn)]
+        selector = self.selectors[cond.selector]
+        orders = [selector.order(per_unit[u], ~per_unit[u].isnan(), k, seed=sample.seed + 7919 * k + b, spans=spans)
+                  for u in range(per_unit.shape[0])]
+        selection = take_first_k(orders, positions, slots, k, cond.granularity, n_ctx)
+        select_s = time.perf_counter() - start
+        start = time.perf_counter()
+        cache.promote(selection)
+        return cache, select_s, time.perf_counter() - start
+
+    def _refresh(self, root: TieredCache, signals, budget: int, n_ctx: int, granularity: str):
+        start = time.perf_counter()
+        rs = signals["exact"][0]
+        values = [torch.cat([a, w], dim=-1) for a, w in zip(rs.active, rs.warm)]
+        positions = [torch.cat([a, w], dim=-1) for a, w in zip(rs.active_positions, rs.warm_positions)]
+        inside = [p < n_ctx for p in positions]  # the tail is kept outside the budget anyway
+        values = [torch.where(m, v, torch.zeros_like(v)) for v, m in zip(values, inside)]
+        positions = [p.clamp_max(n_ctx - 1) for p in positions]
+        per_unit = unit_scores(values, positions, n_ctx, granularity).nan_to_num(0.0)
+        layers, heads = root.num_layers, root.active.kv_heads
+        if granularity == "shared":
+            expanded = per_unit.expand(layers * heads, -1)
+        elif granularity == "layer":
+            expanded = per_unit.repeat_interleave(heads, dim=0)
+        else:
+            expanded = per_unit
+        cache = root.fork()
+        cache.compress(self._keep(expanded.view(layers, heads, n_ctx).cpu(), budget, root, n_ctx))
+        return cache, time.perf_counter() - start
+
+    # --- a sample ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def run_sample(self, sample: Sample, labels: dict | None = None) -> list[dict]:
+        cfg, labels = self.config, dict(labels or {})
+        turn = cfg.turn
+        root, n_ctx, answer1, window_q, window_pos, stale_q, _ = self._turn_one(sample)
+        answer1_text = self.tokenizer.decode(answer1)
+        turn_ids = encode(self.tokenizer, render(sample, self.tokenizer, answers=[answer1_text] + [""] * (len(sample.turns) - 1)).turn_texts[turn])
+        gold = sample.turns[turn].outputs
+        spans = [(n.token_start, n.token_end) for n in sample.needles_for_turn(turn)]
+        base = {**labels, "index": sample.index, "context_tokens": n_ctx, "tail_rows": root.rows - n_ctx,
+                "turn1_accuracy": sum(needle_recall(answer1_text, sample.turns[0].outputs)) / max(1, len(sample.turns[0].outputs))}
+
+        start = time.perf_counter()
+        inputs = RetentionInputs([root.active.keys(i)[0] for i in range(root.num_layers)],
+                                 [root.active.positions(i)[0] for i in range(root.num_layers)], window_q, window_pos, n_ctx)
+        scores = self.rule.score(inputs).cpu()
+        rule_s = time.perf_counter() - start
+
+        rows = []
+
+        def record(cond, cache, answer, b, k, score_s=0.0, select_s=0.0, promote_s=0.0, resume_s=0.0):
+            text = self.tokenizer.decode(answer)
+            recall = needle_recall(text, gold)
+            size = cache.bytes()
+            rows.append({**base, "condition": cond.name, "deployable": cond.deployable, "B": b, "K": k,
+                         "accuracy": sum(recall) / len(recall), "recall": recall, "answer": text,
+                         "active_rows": cache.rows, "active_bytes": size.active_kv, "warm_bytes": size.warm_kv,
+                         "needle_rows_active": _span_coverage(cache, spans), "rule_s": rule_s, "score_s": score_s,
+                         "select_s": select_s, "promote_s": promote_s, "resume_s": resume_s})
+
+        full = next((c for c in cfg.conditions if c.kind == "full"), None)
+        if full is not None:
+            start = time.perf_counter()
+            answer = resume_batch(self.model, [root], turn_ids, cfg.max_new_tokens, self.stop_ids)[0]
+            resume_s = time.perf_counter() - start
+            for b in cfg.budgets:
+                for k in cfg.ks:
+                    record(full, root, answer, b, k, resume_s=resume_s)
+
+        for b in cfg.budgets:
+            comp = root.fork()
+            comp.compress(self._keep(scores, b, root, n_ctx), reserve=max(cfg.ks))
+            signals = self._signals(comp, turn_ids, stale_q)
+            for k in cfg.ks:
+                batch = []  # (condition, cache, timings)
+                for cond in cfg.conditions:
+                    if cond.kind == "matched":
+                        start = time.perf_counter()
+                        cache = root.fork()
+                        cache.compress(self._keep(scores, b + k, root, n_ctx))
+                        batch.append((cond, cache, {"select_s": time.perf_counter() - start}))
+                    elif cond.kind == "repair":
+                        cache, select_s, promote_s = self._repair(cond, comp, k, n_ctx, signals, sample, b)
+                        score_s = signals[cond.signal][1] if cond.signal else 0.0
+                        batch.append((cond, cache, {"score_s": score_s, "select_s": select_s, "promote_s": promote_s}))
+                    elif cond.kind == "refresh":
+                        cache, select_s = self._refresh(root, signals, b + k, n_ctx, cond.granularity)
+                        batch.append((cond, cache, {"score_s": signals["exact"][1], "select_s": select_s}))
+                if not batch:
+                    continue
+                start = time.perf_counter()
+                answers = resume_batch(self.model, [c for _, c, _ in batch], turn_ids, cfg.max_new_tokens, self.stop_ids)
+                resume_s = (time.perf_counter() - start) / len(batch)
+                for (cond, cache, timing), answer in zip(batch, answers):
+                    record(cond, cache, answer, b, k, resume_s=resume_s, **timing)
+        return rows
+
+
+def _span_coverage(cache: TieredCache, spans: list[tuple[int, int]]) -> float:
+    """Fraction of the next-turn needle rows present in the active tier (over layers and heads)."""
+    if not spans:
+        return 0.0
+    wanted = torch.cat([torch.arange(a, b) for a, b in spans])
+    hits = [torch.isin(cache.active.positions(layer)[0], wanted.to(cache.active.device)).sum(-1).float() / wanted.numel()
+            for layer in range(cache.num_layers)]
+    return float(torch.stack(hits).mean())

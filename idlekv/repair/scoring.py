@@ -1,0 +1,90 @@
+"""Next-turn scores of cached rows.
+
+exact: post-RoPE queries of the next-turn prompt, computed over the compressed active
+cache; logits q.k/sqrt(d) against the active keys and every warm key; softmax over both;
+max over the next-turn tokens; mean over the query heads of each KV head. One score per
+(layer, KV head, row). Layer and head aggregation happen at selection (granularity).
+proxy: the same with the next-turn tokens' own key rows as queries (one per KV head).
+
+Warm keys stream to the model's device in chunks (dequantized there); the softmax
+normaliser is accumulated over chunks first, so nothing runs on the CPU in fp32 unless the
+model does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from idlekv.cache import TieredCache
+from idlekv.cache.quant import QuantizedRows, dequantize
+from idlekv.cache.selection import gather_rows
+
+
+@dataclass
+class RowScores:
+    """Per layer, scores and positions of the warm rows present (and of the active rows)."""
+
+    warm: list[torch.Tensor]  # (kv_heads, m)
+    warm_positions: list[torch.Tensor]  # (kv_heads, m)
+    warm_slots: list[torch.Tensor]  # (kv_heads, m) warm-tier slots
+    active: list[torch.Tensor]  # (kv_heads, r)
+    active_positions: list[torch.Tensor]  # (kv_heads, r)
+
+
+def _grouped_logits(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """queries (Hq, T, d), keys (H, n, d) -> logits (H, g*T, n) without repeating keys."""
+    heads, group = keys.shape[0], queries.shape[0] // keys.shape[0]
+    q = queries.reshape(heads, group * queries.shape[1], queries.shape[2])
+    return (q @ keys.transpose(-1, -2)) * queries.shape[-1] ** -0.5
+
+
+def _warm_key_chunks(cache: TieredCache, layer: int, slots: torch.Tensor, chunk_rows: int, device, dtype):
+    stored = cache.warm._k[layer]
+    for start in range(0, slots.shape[-1], chunk_rows):
+        idx = slots[..., start : start + chunk_rows]
+        part = QuantizedRows(gather_rows(stored.data, idx), None if stored.scale is None else gather_rows(stored.scale, idx))
+        on_cuda = torch.device(device).type == "cuda"
+        yield dequantize(part.to(device, non_blocking=on_cuda, pin=on_cuda), dtype)[0]
+
+
+@torch.no_grad()
+def score_rows(cache: TieredCache, queries: list[torch.Tensor], chunk_rows: int = 8192, compute_dtype: torch.dtype | None = None) -> RowScores:
+    """Scores of every active and warm row of `cache` for the next-turn `queries` (per layer (Hq, T, d))."""
+    device = cache.active.device
+    dtype = compute_dtype or (torch.float32 if device.type == "cpu" else cache.active.dtype)
+    out = RowScores([], [], [], [], [])
+    for layer in range(cache.num_layers):
+        q = queries[layer].to(device, dtype)
+        heads, group, tokens = cache.active.kv_heads, q.shape[0] // cache.active.kv_heads, q.shape[1]
+        active_keys = cache.active.keys(layer)[0].to(dtype)
+        active_logits = _grouped_logits(q, active_keys)
+        lse = torch.logsumexp(active_logits.float(), dim=-1)
+        slots, positions = cache.warm.candidates(layer)
+        slots, positions = (slots[0], positions[0]) if slots.numel() else (slots.view(heads, 0), positions.view(heads, 0))
+        single = slots.shape[-1] <= chunk_rows  # one chunk: compute the logits once
+        warm_logits = []
+        for keys in _warm_key_chunks(cache, layer, slots, chunk_rows, device, dtype):
+            logits = _grouped_logits(q, keys).float()
+            lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=-1))
+            if single:
+                warm_logits.append(logits)
+        if not single:
+            warm_logits = (_grouped_logits(q, k).float() for k in _warm_key_chunks(cache, layer, slots, chunk_rows, device, dtype))
+
+        def reduce(logits):  # softmax prob, max over tokens, mean over the group's query heads
+            probs = torch.exp(logits - lse[..., None]).view(heads, group, tokens, -1)
+            return probs.amax(dim=2).mean(dim=1)
+
+        out.warm.append(torch.cat([reduce(l) for l in warm_logits], dim=-1) if slots.shape[-1] else torch.zeros(heads, 0, device=device))
+        out.warm_positions.append(positions.to(device))
+        out.warm_slots.append(slots)
+        out.active.append(reduce(active_logits.float()))
+        out.active_positions.append(cache.active.positions(layer)[0])
+    return out
+
+
+def proxy_queries(new_keys: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Proxy signal: the next-turn tokens' key rows (per layer (1, H, T, d)) used as queries."""
+    return [k[0] for k in new_keys]

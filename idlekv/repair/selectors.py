@@ -1,0 +1,138 @@
+"""Selectors: turn a unit's per-position scores into an order over its candidate rows.
+
+Each selector returns, per unit, every candidate position in priority order; the first K
+of each head's own warm rows are promoted (granularity.take_first_k), so each selector
+yields exactly K rows per head or raises.
+
+- topk_burst (IdleKV): anchors by score, each expanded to the burst [a-2, a+20];
+- coverage: greedy non-overlapping windows by summed score;
+- random, oldest: content-agnostic controls;
+- span_ref: the annotated next-turn needle spans (benchmark metadata: NOT deployable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+def _fill(order: torch.Tensor, candidates: torch.Tensor, rest_key: torch.Tensor) -> torch.Tensor:
+    """`order` first (deduplicated, candidates only), then the remaining candidates by rest_key ascending."""
+    length = candidates.shape[0]
+    order = order[(order >= 0) & (order < length)]
+    order = order[candidates[order]]
+    seen = torch.zeros(length, dtype=torch.bool, device=order.device)
+    first = torch.ones_like(order, dtype=torch.bool)
+    if order.numel():
+        # keep the first occurrence of each position
+        idx = torch.arange(order.numel(), device=order.device)
+        first_index = torch.full((length,), order.numel(), device=order.device, dtype=torch.long).scatter_reduce(0, order, idx, "amin")
+        first = first_index[order] == idx
+        order = order[first]
+        seen[order] = True
+    rest = torch.nonzero(candidates & ~seen).flatten()
+    rest = rest[rest_key[rest].argsort(stable=True)]
+    return torch.cat([order, rest])
+
+
+@dataclass
+class TopKBurst:
+    """IdleKV: rank rows by score; each anchor brings its neighbourhood [a + lo, a + hi]."""
+
+    lo: int = -2
+    hi: int = 20
+    name = "topk_burst"
+    needs_scores = True
+
+    def order(self, scores: torch.Tensor, candidates: torch.Tensor, k: int, **_) -> torch.Tensor:
+        s = torch.where(candidates, scores.nan_to_num(float("-inf")), torch.full_like(scores, float("-inf")))
+        anchors = s.argsort(descending=True, stable=True)[: max(k, 1)]
+        offsets = torch.arange(self.lo, self.hi + 1, device=scores.device)
+        bursts = (anchors[:, None] + offsets[None, :]).reshape(-1)
+        return _fill(bursts, candidates, -s)
+
+
+@dataclass
+class Coverage:
+    """Greedy non-overlapping windows of `width` rows with the largest summed score."""
+
+    width: int = 23
+    name = "coverage"
+    needs_scores = True
+
+    def order(self, scores: torch.Tensor, candidates: torch.Tensor, k: int, **_) -> torch.Tensor:
+        s = torch.where(candidates, scores.nan_to_num(0.0).clamp_min(0), torch.zeros_like(scores)).float()
+        length, picked, covered = s.shape[0], [], 0
+        free = candidates.clone()
+        kernel = torch.ones(1, 1, self.width, device=s.device)
+        while covered < k and bool(free.any()):
+            sums = torch.nn.functional.conv1d((s * free)[None, None], kernel)[0, 0]  # window starting at i
+            start = int(sums.argmax())
+            window = torch.arange(start, min(start + self.width, length), device=s.device)
+            window = window[free[window]]
+            if window.numel() == 0:
+                break
+            picked.append(window)
+            covered += window.numel()
+            free[start : start + self.width] = False
+        order = torch.cat(picked) if picked else torch.empty(0, dtype=torch.long, device=s.device)
+        return _fill(order, candidates, -s)
+
+
+@dataclass
+class RandomK:
+    name = "random"
+    needs_scores = False
+
+    def order(self, scores: torch.Tensor, candidates: torch.Tensor, k: int, seed: int = 0, **_) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        key = torch.rand(candidates.shape[0], generator=gen).to(candidates.device)
+        return _fill(torch.empty(0, dtype=torch.long, device=candidates.device), candidates, key)
+
+
+@dataclass
+class OldestK:
+    name = "oldest"
+    needs_scores = False
+
+    def order(self, scores: torch.Tensor, candidates: torch.Tensor, k: int, **_) -> torch.Tensor:
+        key = torch.arange(candidates.shape[0], dtype=torch.float32, device=candidates.device)
+        return _fill(torch.empty(0, dtype=torch.long, device=candidates.device), candidates, key)
+
+
+@dataclass
+class SpanRefK:
+    """Benchmark metadata, not deployable: as many whole annotated spans as fit in K (shortest
+    first), then the rows nearest to any span."""
+
+    name = "span_ref"
+    needs_scores = False
+
+    def order(self, scores: torch.Tensor, candidates: torch.Tensor, k: int, spans: Sequence[tuple[int, int]] = (), **_) -> torch.Tensor:
+        device = candidates.device
+        length = candidates.shape[0]
+        chosen, budget = [], k
+        for a, b in sorted(spans, key=lambda ab: ab[1] - ab[0]):
+            rows = torch.arange(a, b, device=device)
+            rows = rows[candidates[rows]]
+            if rows.numel() <= budget:
+                chosen.append(rows)
+                budget -= rows.numel()
+        order = torch.cat(chosen) if chosen else torch.empty(0, dtype=torch.long, device=device)
+        distance = torch.full((length,), float(length), device=device)
+        for a, b in spans:
+            pos = torch.arange(length, device=device)
+            distance = torch.minimum(distance, torch.clamp(torch.maximum(a - pos, pos - (b - 1)), min=0).float())
+        return _fill(order, candidates, distance)
+
+
+SELECTORS = {cls.name: cls for cls in (TopKBurst, Coverage, RandomK, OldestK, SpanRefK)}
+
+
+def build_selector(name: str, **options):
+    try:
+        return SELECTORS[name](**options)
+    except KeyError:
+        raise ValueError(f"unknown selector {name!r}; choose one of {sorted(SELECTORS)}") from None

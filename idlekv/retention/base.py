@@ -1,0 +1,86 @@
+"""The shared part of every retention rule: sinks, a recent window, and a budget.
+
+A rule scores the context rows of each (layer, KV head); `select` keeps the sinks (the
+first rows), the recent window (the last context rows), and the best-scored rest up to the
+budget. Budgets count context rows only; rows after the context (a turn's question and
+answer, the "tail") are kept outside the budget by the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class BudgetError(ValueError):
+    pass
+
+
+@dataclass
+class RetentionInputs:
+    """What a rule may look at, per layer (lists indexed by layer).
+
+    keys[l]: (kv_heads, rows, head_dim) post-RoPE keys of the active rows of layer l;
+    positions[l]: (kv_heads, rows) their original positions;
+    window_queries[l]: (query_heads, w, head_dim) post-RoPE queries of the observation
+    window (e.g. the turn-1 question or answer), or None for query-agnostic rules;
+    window_positions: (w,) positions of those queries; context_length: rows at positions
+    [0, context_length) are the context the budget applies to.
+    """
+
+    keys: list[torch.Tensor]
+    positions: list[torch.Tensor]
+    window_queries: list[torch.Tensor] | None
+    window_positions: torch.Tensor | None
+    context_length: int
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.keys)
+
+
+@dataclass
+class RetentionRule:
+    """Base class: subclasses implement `score`. Higher scores are kept first."""
+
+    sinks: int = 4
+    recent: int = 128
+
+    name = "base"
+    needs_window = False
+
+    def score(self, inputs: RetentionInputs) -> torch.Tensor:
+        """(layers, kv_heads, context_length) scores of the context rows, by position."""
+        raise NotImplementedError
+
+    def select(self, scores: torch.Tensor, budget: int) -> torch.Tensor:
+        """(layers, kv_heads, budget) context positions to keep, ascending."""
+        layers, heads, n = scores.shape
+        if budget > n:
+            raise BudgetError(f"budget {budget} is larger than the context ({n} rows)")
+        protected = min(self.sinks, n) + min(self.recent, max(0, n - self.sinks))
+        if budget < protected:
+            raise BudgetError(f"budget {budget} is smaller than the {self.sinks} sinks + {self.recent} recent rows it must keep")
+        forced = torch.zeros(n, dtype=torch.bool)
+        forced[: self.sinks] = True
+        forced[max(self.sinks, n - self.recent) :] = True
+        ranked = scores.float().masked_fill(forced.to(scores.device), float("inf"))
+        return ranked.topk(budget, dim=-1).indices.sort(dim=-1).values
+
+    def keep(self, inputs: RetentionInputs, budget: int) -> torch.Tensor:
+        if self.needs_window and inputs.window_queries is None:
+            raise ValueError(f"{self.name} needs an observation window (window queries)")
+        return self.select(self.score(inputs), budget)
+
+
+def context_scores(values: torch.Tensor, positions: torch.Tensor, context_length: int) -> torch.Tensor:
+    """Scatter per-row values (kv_heads, rows) to per-position scores (kv_heads, context_length).
+
+    Rows outside the context are ignored; context positions without a row score -inf.
+    """
+    out = torch.full((values.shape[0], context_length), float("-inf"), dtype=torch.float32, device=values.device)
+    inside = positions < context_length
+    heads = torch.arange(values.shape[0], device=values.device)[:, None].expand_as(positions)
+    out[heads[inside], positions[inside]] = values[inside].float()
+    return out

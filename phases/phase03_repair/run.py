@@ -1,0 +1,80 @@
+"""phase03: the matched-budget repair frontier (make repair).
+
+Composes the repair engine with the experiment config: for every split and sample, every
+condition of every (B, K) cell. Rows go to a resumable store under runs/; the summary CSV
+and the frontier figure are rebuilt from all rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from idlekv.environment import environment
+from idlekv.models import load_model
+from idlekv.protocol import Condition, EngineConfig, RepairEngine
+from idlekv.results import ResultStore
+from idlekv.retention import build_rule
+from phases.phase03_repair.report import summarize, write_frontier
+from ruler import generate
+
+KEY_FIELDS = ("task", "split", "index", "condition", "B", "K")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def engine_from_config(cfg: DictConfig, lm) -> RepairEngine:
+    retention = OmegaConf.to_container(cfg.retention)
+    rule = build_rule(retention.pop("name"), **{k: v for k, v in retention.items() if k != "window"})
+    repair = cfg.repair
+    conditions = [Condition(**c) for c in OmegaConf.to_container(repair.conditions)]
+    engine_cfg = EngineConfig(
+        budgets=list(cfg.phase.budgets), ks=list(cfg.phase.ks), conditions=conditions, window=cfg.retention.window,
+        max_new_tokens=cfg.phase.max_new_tokens, warm_precision=repair.warm_precision, chunk_rows=repair.chunk_rows,
+        burst=tuple(repair.burst), coverage_width=repair.coverage_width, seed=cfg.seed,
+    )
+    return RepairEngine(lm.model, lm.tokenizer, rule, engine_cfg)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> Path:
+    phase = cfg.phase
+    lm = load_model(ROOT / cfg.model.path, dtype=cfg.model.dtype, device=None if cfg.device == "auto" else cfg.device,
+                    attn_implementation=cfg.model.attn_implementation)
+    if lm.tokenizer is None:
+        raise SystemExit(f"{cfg.model.path} has no tokenizer files; phase03 needs one")
+    engine = engine_from_config(cfg, lm)
+    locked = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "retention", "repair", "phase")} | {"seed": cfg.seed}
+    store = ResultStore(run_dir, KEY_FIELDS, config=locked, environment=environment())
+    cells_per_sample = [(c.name, b, k) for c in engine.config.conditions for b in phase.budgets for k in phase.ks]
+    work = [(label, i) for label in phase.splits for i in range(phase.num_samples)]
+    todo = [(label, i) for label, i in work
+            if not all(store.is_done({"task": phase.task, "split": label, "index": i, "condition": n, "B": b, "K": k}) for n, b, k in cells_per_sample)]
+    for label, index in tqdm(todo, desc=phase.name, unit="sample"):
+        options = dict(OmegaConf.to_container(phase.splits[label]), num_keys=phase.num_keys, num_queries=phase.num_keys)
+        sample = generate(phase.task, phase.length, index, lm.tokenizer, phase.base_seed, **options)
+        for row in engine.run_sample(sample, {"task": phase.task, "split": label}):
+            if not store.is_done(row):
+                store.append(row)
+    summary = summarize(store.to_frame())
+    csv = ROOT / phase.csv
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(csv, index=False)
+    write_frontier(summary, ROOT / phase.figure)
+    print(summary[["split", "B", "K", "condition", "samples", "accuracy"]].to_string(index=False))
+    print(f"wrote {csv} and {phase.figure}")
+    return csv
+
+
+@hydra.main(config_path="../../configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    if "phase" not in cfg:
+        raise SystemExit("choose the experiment: python -m phases.phase03_repair.run experiment=phase03_repair_4q")
+    from hydra.core.hydra_config import HydraConfig
+
+    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The repair engine on a random tiny model: structure, budgets, bytes, batching."""
+
+import pytest
+import torch
+
+from idlekv.cache import TieredCache
+from idlekv.embedded.tokenizer import build_tokenizer
+from idlekv.generation import resume_batch, stop_token_ids
+from idlekv.protocol import Condition, EngineConfig, RepairEngine
+from idlekv.repair.scoring import score_rows
+from idlekv.retention import SnapKV
+from idlekv.tiny_models import build_tiny_model
+from ruler import generate
+
+B, KS = 80, (8, 40)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tok = build_tokenizer()
+    model = build_tiny_model("qwen2", vocab_size=len(tok), max_position_embeddings=2048)
+    sample = generate("mq_niah_4q_embedded", 640, 1, tok)
+    engine = RepairEngine(model, tok, SnapKV(sinks=4, recent=16), EngineConfig(budgets=[B], ks=KS, max_new_tokens=5))
+    return tok, model, sample, engine
+
+
+@pytest.fixture(scope="module")
+def rows(setup):
+    tok, model, sample, engine = setup
+    calls = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: calls.append((a[0] if a else kw["input_ids"]).shape), with_kwargs=True)
+    try:
+        result = engine.run_sample(sample, {"task": "mq"})
+    finally:
+        hook.remove()
+    return result, calls
+
+
+def by(rows, name, k):
+    return next(r for r in rows if r["condition"] == name and r["K"] == k)
+
+
+def test_every_condition_of_every_cell_is_reported(rows):
+    result, _ = rows
+    names = {r["condition"] for r in result}
+    assert names == {"Full", "Matched", "IdleKV", "Coverage", "Random-K", "Oldest-K", "SpanRef-K", "Refresh-buffered"}
+    assert len(result) == 8 * len(KS)
+
+
+def test_conditions_share_one_prefill(rows, setup):
+    _, _, sample, _ = setup
+    _, calls = rows
+    prompt_forwards = [c for c in calls if c[1] >= sample.prompt_tokens]
+    assert len(prompt_forwards) == 1
+    multi = [c for c in calls if c[1] > 1]
+    # prefill, turn 1, one next-turn signal per B, Full's resume, one batched resume per K
+    assert len(multi) == 1 + 1 + 1 + 1 + len(KS)
+    assert sorted(c[0] for c in multi)[-1] == 7  # the 7 non-Full conditions resume as one batch
+
+
+def test_every_resumed_condition_holds_b_plus_k_rows_and_bytes(rows, setup):
+    result, _ = rows
+    _, model, _, _ = setup
+    cfg = model.config
+    row_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
+    for r in result:
+        if r["condition"] == "Full":
+            assert r["active_rows"] == r["context_tokens"] + r["tail_rows"]
+        else:
+            assert r["active_rows"] == B + r["K"] + r["tail_rows"]
+        assert r["active_bytes"] == r["active_rows"] * row_bytes
+
+
+def test_matched_is_the_rule_at_b_plus_k(setup):
+    tok, model, sample, engine = setup
+    root, n_ctx, _, window_q, window_pos, _, _ = engine._turn_one(sample)
+    from idlekv.retention.base import RetentionInputs
+
+    inputs = RetentionInputs([root.active.keys(i)[0] for i in range(root.num_layers)],
+                             [root.active.positions(i)[0] for i in range(root.num_layers)], window_q, window_pos, n_ctx)
+    scores = engine.rule.score(inputs)
+    matched = root.fork()
+    matched.compress(engine._keep(scores, B + 40, root, n_ctx))
+    direct = engine.rule.select(scores, B + 40)
+    for layer in range(root.num_layers):
+        context = matched.active.positions(layer)[0]
+        context = context[context < n_ctx].view(direct.shape[1], -1)
+        assert torch.equal(context.sort(-1).values, direct[layer])
+
+
+def test_span_ref_restores_the_next_turn_needles_when_k_allows(rows, setup):
+    result, _ = rows
+    _, _, sample, _ = setup
+    span_rows = sum(n.token_end - n.token_start for n in sample.needles_for_turn(1))
+    assert span_rows <= 40
+    assert by(result, "SpanRef-K", 40)["needle_rows_active"] == 1.0
+
+
+def test_batched_resume_equals_one_at_a_time(setup):
+    tok, model, sample, engine = setup
+    root, n_ctx, *_ = engine._turn_one(sample)
+    gen = torch.Generator().manual_seed(0)
+    caches = []
+    for _ in range(3):
+        c = root.fork()
+        keep = torch.cat([torch.randperm(n_ctx, generator=gen)[:60].sort().values, torch.arange(n_ctx, root.rows)])
+        c.compress(keep)
+        caches.append(c)
+    turn = tok("What are all the special magic numbers for oak?", add_special_tokens=False)["input_ids"]
+    stop = stop_token_ids(tok)
+    together = resume_batch(model, caches, turn, 6, stop)
+    alone = [resume_batch(model, [c], turn, 6, stop)[0] for c in caches]
+    assert together == alone
+
+
+def test_exact_scores_stream_in_chunks_and_match_a_direct_softmax():
+    gen = torch.Generator().manual_seed(0)
+    keys = [torch.randn(1, 2, 50, 8, generator=gen) for _ in range(2)]
+    cache = TieredCache.from_tensors(keys, [k.clone() for k in keys])
+    cache.compress(torch.arange(0, 50, 3))
+    queries = [torch.randn(4, 5, 8, generator=gen) for _ in range(2)]
+    chunked, whole = score_rows(cache, queries, chunk_rows=7), score_rows(cache, queries, chunk_rows=10_000)
+    layer = 1
+    slots, positions = cache.warm.candidates(layer)
+    all_keys = torch.cat([cache.active.keys(layer)[0], torch.gather(cache.warm._k[layer].data[0], 1, slots[0][..., None].expand(-1, -1, 8))], dim=1)
+    q = queries[layer].view(2, 2, 5, 8)
+    probs = torch.softmax(q @ all_keys[:, None].transpose(-1, -2) / 8**0.5, dim=-1)  # (kv, group, T, rows)
+    expected = probs.amax(dim=2).mean(dim=1)[:, cache.rows :]
+    assert torch.allclose(whole.warm[layer], expected, atol=1e-6)
+    assert torch.allclose(chunked.warm[layer], expected, atol=1e-6)
+    assert torch.equal(whole.warm_positions[layer], positions[0])
+
+
+def test_conditions_are_validated():
+    with pytest.raises(ValueError, match="needs a selector"):
+        Condition("x", "repair", "exact")
+    with pytest.raises(ValueError, match="kind"):
+        Condition("x", "magic")

@@ -1,0 +1,76 @@
+"""Selectors return exactly K distinct warm rows per head, never an active one."""
+
+import pytest
+import torch
+
+from idlekv.cache import TieredCache
+from idlekv.repair.granularity import take_first_k, unit_scores
+from idlekv.repair.selectors import SELECTORS, Coverage, SpanRefK, TopKBurst, build_selector
+
+N, HEADS, LAYERS = 64, 2, 3
+
+
+def compressed_cache(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    keys = [torch.randn(1, HEADS, N, 8, generator=gen) for _ in range(LAYERS)]
+    cache = TieredCache.from_tensors(keys, [k.clone() for k in keys])
+    keep = [torch.stack([torch.randperm(N, generator=gen)[:20] for _ in range(HEADS)]) for _ in range(LAYERS)]
+    cache.compress(keep, reserve=16)
+    return cache
+
+
+def select(cache, selector, k, granularity, values=None, **kw):
+    cands = [cache.warm.candidates(l) for l in range(LAYERS)]
+    slots, positions = [c[0][0] for c in cands], [c[1][0] for c in cands]
+    values = values or [torch.rand(p.shape, generator=torch.Generator().manual_seed(l)) for l, p in enumerate(positions)]
+    per_unit = unit_scores(values, positions, N, granularity)
+    orders = [selector.order(per_unit[u], ~per_unit[u].isnan(), k, **kw) for u in range(per_unit.shape[0])]
+    return take_first_k(orders, positions, slots, k, granularity, N)
+
+
+@pytest.mark.parametrize("granularity", ["shared", "layer", "head"])
+@pytest.mark.parametrize("name", sorted(SELECTORS))
+def test_exactly_k_distinct_warm_rows(name, granularity):
+    cache = compressed_cache()
+    selection = select(cache, build_selector(name), 16, granularity, spans=[(30, 36)])
+    for layer, idx in enumerate(selection):
+        assert idx.shape == (1, HEADS, 16)
+        for head in range(HEADS):
+            slots = idx[0, head]
+            assert len(set(slots.tolist())) == 16
+        warm_positions = cache.warm.positions(layer)[0]
+        active_positions = cache.active.positions(layer)[0]
+        chosen = torch.gather(warm_positions, 1, idx[0])
+        for head in range(HEADS):
+            assert not set(chosen[head].tolist()) & set(active_positions[head].tolist())
+    cache.promote(selection)
+    assert cache.rows == 36 and cache.warm.rows == N - 36
+
+
+def test_too_large_a_k_is_refused():
+    with pytest.raises(ValueError, match="cannot promote 50 rows"):
+        select(compressed_cache(), TopKBurst(), 50, "shared")
+
+
+def test_burst_brings_the_anchor_neighbourhood():
+    scores = torch.zeros(100)
+    scores[50] = 1.0
+    order = TopKBurst(-2, 20).order(scores, torch.ones(100, dtype=torch.bool), 23)
+    assert order[:23].tolist() == list(range(48, 71))
+
+
+def test_coverage_prefers_the_densest_window():
+    scores = torch.zeros(100)
+    scores[10] = 3.0  # one sharp peak
+    scores[60:70] = 1.0  # a broad region: more mass in one window
+    order = Coverage(width=10).order(scores, torch.ones(100, dtype=torch.bool), 10)
+    assert sorted(order[:10].tolist()) == list(range(60, 70))
+
+
+def test_span_ref_restores_the_annotated_spans():
+    candidates = torch.ones(100, dtype=torch.bool)
+    order = SpanRefK().order(torch.zeros(100), candidates, 12, spans=[(40, 45), (80, 87)])
+    assert set(order[:12].tolist()) == set(range(40, 45)) | set(range(80, 87))
+    order = SpanRefK().order(torch.zeros(100), candidates, 6, spans=[(40, 45), (80, 87)])
+    assert set(order[:5].tolist()) == set(range(40, 45))  # only whole spans that fit; then nearest rows
+    assert 80 <= order[5].item() < 87  # then the rest of a span that did not fit whole (distance 0)
