@@ -7,15 +7,18 @@ STAMP  := $(VENV)/.installed
 # wheels); with CUDA keep the user's torch by letting the venv see system packages.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: setup test test-slow test-all bench-cache tiny-model phase01 repair clean help
+.PHONY: setup test test-slow test-all bench-cache bench-repair tiny-model check-model phase01 repair collect clean help
 
 help:
 	@echo "make setup        create .venv and install the project (+dev extras)"
 	@echo "make test         the CPU test suite (what CI runs)"
 	@echo "make test-slow    the slower checks, marked @pytest.mark.slow"
 	@echo "make bench-cache  promote throughput vs memcpy (and host->device on CUDA)"
+	@echo "make bench-repair engine vs the reference protocol; exact scoring vs CPU fp32; repair latency"
 	@echo "make tiny-model   train the embedded model into models/embedded (resumable)"
+	@echo "make check-model  the embedded model's retrieval and needle-row ablations (200 held-out samples)"
 	@echo "make phase01      the full-cache gate on the embedded model"
+	@echo "make collect PHASE=phase03_repair_4q   merge a multirun sweep's job rows (see docs/sweeps.md)"
 	@echo "make repair       the main job: phase03's 4Q repair frontier on the embedded model"
 
 setup: $(STAMP)
@@ -42,14 +45,24 @@ test-all: setup
 bench-cache: setup
 	$(BIN)/python -m idlekv.bench.cache_bench
 
+bench-repair: setup
+	$(BIN)/python -m idlekv.bench.repair_bench
+
 tiny-model: setup
 	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/default.yaml
+
+check-model: setup
+	$(BIN)/python -m idlekv.embedded.check
 
 phase01: setup
 	$(BIN)/python -m phases.phase01_full_cache.run experiment=phase01_full_cache
 
 repair: setup
 	$(BIN)/python -m phases.phase03_repair.run experiment=phase03_repair_4q
+
+PHASE ?= phase03_repair_4q
+collect: setup
+	$(BIN)/python -m idlekv.collect multirun/$(PHASE)
 
 clean:
 	rm -rf runs multirun .pytest_cache

@@ -28,10 +28,13 @@ def greedy_decode(
     start_position: int | torch.Tensor,
     max_new_tokens: int,
     stop_ids: Iterable[int] = (),
+    attention_mask: torch.Tensor | None = None,
 ) -> list[list[int]]:
     """Decode from `last_logits` (batch, vocab); returns each row's tokens up to (excluding) a stop id.
 
     `past_key_values` already holds the prompt; every row continues at `start_position`.
+    `attention_mask` (batch, cached rows) hides padding rows of a padded batch; it grows by
+    one visible column per decoded token.
     """
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=last_logits.device)
     batch = last_logits.shape[0]
@@ -47,7 +50,10 @@ def greedy_decode(
         done |= hit
         if bool(done.all()) or step == max_new_tokens - 1:
             break
-        logits = model(token[:, None], past_key_values=past_key_values, position_ids=position + step, use_cache=True).logits[:, -1]
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
+        logits = model(token[:, None], past_key_values=past_key_values, position_ids=position + step,
+                       attention_mask=attention_mask, use_cache=True).logits[:, -1]
     return out
 
 
@@ -65,12 +71,17 @@ def run_turn(model, cache, turn_ids: list[int], max_new_tokens: int, stop_ids: I
 
 @torch.no_grad()
 def resume_batch(model, caches, turn_ids: list[int], max_new_tokens: int, stop_ids: Iterable[int]) -> list[list[int]]:
-    """Prefill the same turn over several equal-size caches as one batch and decode greedily."""
+    """Prefill the same turn over several caches of one sample as one batch and decode greedily.
+
+    Caches of different sizes are padded and masked (see stack_to_hf).
+    """
     from idlekv.cache.tiered import stack_to_hf
 
-    hf = stack_to_hf(caches)
+    hf, mask = stack_to_hf(caches)
     batch, start = len(caches), caches[0].seen_tokens
     ids = torch.tensor([turn_ids], device=caches[0].active.device).expand(batch, -1)
     positions = caches[0].position_ids(len(turn_ids)).expand(batch, -1)
-    logits = model(ids, past_key_values=hf, position_ids=positions, use_cache=True).logits[:, -1]
-    return greedy_decode(model, hf, logits, start + len(turn_ids), max_new_tokens, stop_ids)
+    if mask is not None:
+        mask = torch.cat([mask, mask.new_ones(batch, len(turn_ids))], dim=1)
+    logits = model(ids, past_key_values=hf, position_ids=positions, attention_mask=mask, use_cache=True).logits[:, -1]
+    return greedy_decode(model, hf, logits, start + len(turn_ids), max_new_tokens, stop_ids, attention_mask=mask)

@@ -28,16 +28,17 @@ from ruler.metrics import needle_recall
 from ruler.render import encode, render
 from ruler.sample import Sample
 
-KINDS = ("full", "matched", "repair", "refresh")
-SIGNALS = ("exact", "proxy", "stale", None)
+KINDS = ("full", "repair", "refresh")
+SIGNALS = ("exact", "proxy", "stale", "rule", None)
 
 
 @dataclass(frozen=True)
 class Condition:
     name: str
-    kind: str  # full | matched (the rule at B+K) | repair (B + K promoted) | refresh (re-select B+K)
-    signal: str | None = None  # exact | proxy | stale (turn-1 question) | None (content-agnostic)
-    selector: str | None = None  # topk_burst | coverage | random | oldest | span_ref
+    kind: str  # full | repair (B + K promoted from the warm tier) | refresh (re-select B+K)
+    # exact | proxy | stale (turn-1 question) | rule (the turn-1 rule's own scores) | None (content-agnostic)
+    signal: str | None = None
+    selector: str | None = None  # topk | topk_burst | coverage | random | oldest | span_ref
     granularity: str = "shared"  # shared | layer | head
     deployable: bool = True
 
@@ -52,7 +53,8 @@ class Condition:
 
 STANDARD_CONDITIONS = (
     Condition("Full", "full"),
-    Condition("Matched", "matched"),
+    # The rule's own next K rows: exactly the rule at B+K (its top B+K contains its top B).
+    Condition("Matched", "repair", "rule", "topk", granularity="head"),
     Condition("IdleKV", "repair", "exact", "topk_burst"),
     Condition("Coverage", "repair", "exact", "coverage"),
     Condition("Random-K", "repair", None, "random"),
@@ -75,6 +77,9 @@ class EngineConfig:
     coverage_width: int = 23
     seed: int = 0
     turn: int = 1  # the turn that is repaired and scored (0-based): turn 2
+    # Conditions of all K of one B resume together, padded to the largest; a batch holds at
+    # most this many (padded rows x caches), so large models split into several batches.
+    resume_batch_rows: int = 131072
     extra: dict = field(default_factory=dict)
 
 
@@ -84,6 +89,8 @@ class RepairEngine:
         self.stop_ids = stop_token_ids(tokenizer)
         self.selectors = {}
         for c in config.conditions:
+            if c.kind == "full":
+                continue
             if c.selector == "topk_burst":
                 self.selectors[c.selector] = TopKBurst(*config.burst)
             elif c.selector == "coverage":
@@ -113,9 +120,20 @@ class RepairEngine:
         return [torch.cat([context[layer], tail], dim=-1) for layer in range(context.shape[0])]
 
     # --- the next-turn signal ---------------------------------------------------------------
-    def _signals(self, comp: TieredCache, turn_ids: list[int], stale_queries) -> dict[str, tuple[RowScores, float]]:
-        wanted = {c.signal for c in self.config.conditions if c.signal}
+    def _signals(self, comp: TieredCache, turn_ids: list[int], stale_queries, rule_scores: torch.Tensor,
+                 wanted: set[str] | None = None) -> dict[str, tuple[RowScores, float]]:
+        """The next-turn signals the conditions use, each computed once per compressed cache."""
+        wanted = {c.signal for c in self.config.conditions if c.signal} if wanted is None else wanted
         out = {}
+        if "rule" in wanted:  # the turn-1 rule's scores of the rows it evicted
+            start = time.perf_counter()
+            rs = RowScores([], [], [], [], [])
+            for layer in range(comp.num_layers):
+                slots, positions = comp.warm.candidates(layer)
+                rs.warm.append(torch.gather(rule_scores[layer], 1, positions[0]))
+                rs.warm_positions.append(positions[0])
+                rs.warm_slots.append(slots[0])
+            out["rule"] = (rs, time.perf_counter() - start)
         if wanted & {"exact", "proxy"}:
             start = time.perf_counter()
             probe = comp.fork()
@@ -221,30 +239,35 @@ class RepairEngine:
         for b in cfg.budgets:
             comp = root.fork()
             comp.compress(self._keep(scores, b, root, n_ctx), reserve=max(cfg.ks))
-            signals = self._signals(comp, turn_ids, stale_q)
+            signals = self._signals(comp, turn_ids, stale_q, scores)
+            pending = []  # (condition, cache, timings, K)
             for k in cfg.ks:
-                batch = []  # (condition, cache, timings)
                 for cond in cfg.conditions:
-                    if cond.kind == "matched":
-                        start = time.perf_counter()
-                        cache = root.fork()
-                        cache.compress(self._keep(scores, b + k, root, n_ctx))
-                        batch.append((cond, cache, {"select_s": time.perf_counter() - start}))
-                    elif cond.kind == "repair":
+                    if cond.kind == "repair":
                         cache, select_s, promote_s = self._repair(cond, comp, k, n_ctx, signals, sample, b)
                         score_s = signals[cond.signal][1] if cond.signal else 0.0
-                        batch.append((cond, cache, {"score_s": score_s, "select_s": select_s, "promote_s": promote_s}))
+                        pending.append((cond, cache, {"score_s": score_s, "select_s": select_s, "promote_s": promote_s}, k))
                     elif cond.kind == "refresh":
                         cache, select_s = self._refresh(root, signals, b + k, n_ctx, cond.granularity)
-                        batch.append((cond, cache, {"score_s": signals["exact"][1], "select_s": select_s}))
-                if not batch:
-                    continue
+                        pending.append((cond, cache, {"score_s": signals["exact"][1], "select_s": select_s}, k))
+            for batch in _batches(pending, cfg.resume_batch_rows):
                 start = time.perf_counter()
-                answers = resume_batch(self.model, [c for _, c, _ in batch], turn_ids, cfg.max_new_tokens, self.stop_ids)
+                answers = resume_batch(self.model, [c for _, c, _, _ in batch], turn_ids, cfg.max_new_tokens, self.stop_ids)
                 resume_s = (time.perf_counter() - start) / len(batch)
-                for (cond, cache, timing), answer in zip(batch, answers):
+                for (cond, cache, timing, k), answer in zip(batch, answers):
                     record(cond, cache, answer, b, k, resume_s=resume_s, **timing)
         return rows
+
+
+def _batches(pending: list, max_rows: int) -> list[list]:
+    """Group caches (smallest first) so that each batch's padded rows x caches stay within max_rows."""
+    batches, current = [], []
+    for item in sorted(pending, key=lambda p: p[1].rows):
+        if current and item[1].rows * (len(current) + 1) > max_rows:
+            batches.append(current)
+            current = []
+        current.append(item)
+    return batches + ([current] if current else [])
 
 
 def _span_coverage(cache: TieredCache, spans: list[tuple[int, int]]) -> float:

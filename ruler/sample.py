@@ -31,9 +31,10 @@ class Turn:
 
     def gold_answer(self, answer_format: str = "values", values_per_key: int = 1) -> str:
         """The answer text a model is trained to produce after the answer prefix."""
-        if answer_format == "keyed":
+        if answer_format in ("keyed", "mirror"):
+            link = ":" if answer_format == "keyed" else " is:"
             groups = [self.outputs[i * values_per_key : (i + 1) * values_per_key] for i in range(len(self.keys))]
-            return " " + ", ".join(f"{k}: {' '.join(g)}" for k, g in zip(self.keys, groups)) + "."
+            return " " + ", ".join(f"{k}{link} {' '.join(g)}" for k, g in zip(self.keys, groups)) + "."
         return " " + ", ".join(self.outputs) + "."
 
 

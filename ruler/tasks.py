@@ -9,7 +9,7 @@ from ruler.keys import KEY_KINDS, VALUE_KINDS
 HAYSTACKS = ("noise", "essay", "needle")
 SPLITS = ("all", "balanced", "clean", "schedule")
 QUESTION_STYLES = ("literal", "ordinal")
-ANSWER_FORMATS = ("values", "keyed")
+ANSWER_FORMATS = ("values", "keyed", "mirror")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,9 @@ class TaskSpec:
     question_style: str = "literal"  # literal | ordinal (turns >= 2 name keys by order of appearance)
     answer_tokens: int = 64  # tokens reserved per turn for the generated answer
     # How a gold answer is written (training targets; the metric only looks for the values):
-    # "values" = "1234, 5678."; "keyed" = "falcon: 1234, heron: 5678." (each value after its key).
+    # "values" = "1234, 5678."; "keyed" = "falcon: 1234, heron: 5678." (each value after its key);
+    # "mirror" = "falcon is: 1234, heron is: 5678." (each value after exactly the words that
+    # precede it in its needle, so retrieval is a key-conditioned copy).
     answer_format: str = "values"
     essay_path: str | None = None  # any local text file; default: ruler/data/essay.txt
     chat: bool | None = None  # None = use the tokenizer's chat template when it has one

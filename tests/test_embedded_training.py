@@ -53,3 +53,22 @@ def test_an_interrupted_run_resumes(tmp_path):
     assert first["steps"] == 1
     second = json.loads((train(tiny_config(tmp_path), progress=False) / "training_record.json").read_text())
     assert second["steps"] == 12 and second["log"][0]["step"] == 4
+
+
+def test_answer_formats():
+    from ruler.sample import Turn
+
+    turn = Turn("q", "p", ["falcon", "heron"], ["1234", "5678"])
+    assert turn.gold_answer("values") == " 1234, 5678."
+    assert turn.gold_answer("keyed") == " falcon: 1234, heron: 5678."
+    assert turn.gold_answer("mirror") == " falcon is: 1234, heron is: 5678."
+
+
+def test_a_run_can_start_from_another_runs_weights(tmp_path):
+    first = train(tiny_config(tmp_path / "a", steps=4), progress=False)
+    ckpt = tmp_path / "a" / "work" / "checkpoint.pt"
+    cfg = tiny_config(tmp_path / "b", steps=4, init_from=str(ckpt),
+                      curriculum=Curriculum(min_length=160, max_length=256, needle_counts=(2,), answer_format="mirror"))
+    second = train(cfg, progress=False)
+    assert json.loads((second / "training_record.json").read_text())["config"]["init_from"] == str(ckpt)
+    assert first != second

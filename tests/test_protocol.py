@@ -45,6 +45,7 @@ def test_every_condition_of_every_cell_is_reported(rows):
     names = {r["condition"] for r in result}
     assert names == {"Full", "Matched", "IdleKV", "Coverage", "Random-K", "Oldest-K", "SpanRef-K", "Refresh-buffered"}
     assert len(result) == 8 * len(KS)
+    assert sorted((r["condition"], r["K"]) for r in result) == sorted({(r["condition"], r["K"]) for r in result})
 
 
 def test_conditions_share_one_prefill(rows, setup):
@@ -53,9 +54,9 @@ def test_conditions_share_one_prefill(rows, setup):
     prompt_forwards = [c for c in calls if c[1] >= sample.prompt_tokens]
     assert len(prompt_forwards) == 1
     multi = [c for c in calls if c[1] > 1]
-    # prefill, turn 1, one next-turn signal per B, Full's resume, one batched resume per K
-    assert len(multi) == 1 + 1 + 1 + 1 + len(KS)
-    assert sorted(c[0] for c in multi)[-1] == 7  # the 7 non-Full conditions resume as one batch
+    # prefill, turn 1, one next-turn signal per B, Full's resume, one batched resume for all K
+    assert len(multi) == 1 + 1 + 1 + 1 + 1
+    assert sorted(c[0] for c in multi)[-1] == 7 * len(KS)  # the non-Full conditions of every K in one batch
 
 
 def test_every_resumed_condition_holds_b_plus_k_rows_and_bytes(rows, setup):
@@ -71,7 +72,8 @@ def test_every_resumed_condition_holds_b_plus_k_rows_and_bytes(rows, setup):
         assert r["active_bytes"] == r["active_rows"] * row_bytes
 
 
-def test_matched_is_the_rule_at_b_plus_k(setup):
+def test_matched_is_the_rule_at_b_plus_k(setup, rows):
+    """The engine's Matched (B + the rule's next K rows from the warm tier) == compressing the full cache at B+K."""
     tok, model, sample, engine = setup
     root, n_ctx, _, window_q, window_pos, _, _ = engine._turn_one(sample)
     from idlekv.retention.base import RetentionInputs
@@ -82,10 +84,17 @@ def test_matched_is_the_rule_at_b_plus_k(setup):
     matched = root.fork()
     matched.compress(engine._keep(scores, B + 40, root, n_ctx))
     direct = engine.rule.select(scores, B + 40)
+    comp = root.fork()
+    comp.compress(engine._keep(scores, B, root, n_ctx), reserve=40)
+    signals = engine._signals(comp, [], None, scores, {"rule"})
+    cond = next(c for c in engine.config.conditions if c.name == "Matched")
+    repaired, _, _ = engine._repair(cond, comp, 40, n_ctx, signals, sample, B)
     for layer in range(root.num_layers):
-        context = matched.active.positions(layer)[0]
-        context = context[context < n_ctx].view(direct.shape[1], -1)
-        assert torch.equal(context.sort(-1).values, direct[layer])
+        for cache in (matched, repaired):
+            context = cache.active.positions(layer)[0]
+            context = context[context < n_ctx].view(direct.shape[1], -1)
+            assert torch.equal(context.sort(-1).values, direct[layer])
+    assert by(rows[0], "Matched", 40)["active_rows"] == B + 40 + by(rows[0], "Matched", 40)["tail_rows"]
 
 
 def test_span_ref_restores_the_next_turn_needles_when_k_allows(rows, setup):
@@ -136,3 +145,18 @@ def test_conditions_are_validated():
         Condition("x", "repair", "exact")
     with pytest.raises(ValueError, match="kind"):
         Condition("x", "magic")
+
+
+def test_padded_batches_of_different_sizes_equal_one_at_a_time(setup):
+    tok, model, sample, engine = setup
+    root, n_ctx, *_ = engine._turn_one(sample)
+    gen = torch.Generator().manual_seed(1)
+    caches = []
+    for size in (40, 90, 65):
+        c = root.fork()
+        keep = torch.cat([torch.randperm(n_ctx, generator=gen)[:size].sort().values, torch.arange(n_ctx, root.rows)])
+        c.compress(keep)
+        caches.append(c)
+    turn = tok("What are all the special magic numbers for oak?", add_special_tokens=False)["input_ids"]
+    stop = stop_token_ids(tok)
+    assert resume_batch(model, caches, turn, 8, stop) == [resume_batch(model, [c], turn, 8, stop)[0] for c in caches]

@@ -145,23 +145,40 @@ class TieredCache:
 
 
 def stack_to_hf(caches: Sequence[TieredCache]):
-    """One transformers DynamicCache holding several caches of equal size as a batch.
+    """One transformers DynamicCache holding several caches as a batch, and its padding mask.
 
-    Conditions of one sample resume with the same number of active rows and the same
-    original length, so they decode together as one batch.
+    All caches must continue the same original sequence (equal `seen_tokens`): conditions of
+    one sample. Caches of equal size stack as they are (mask None); shorter ones are padded
+    with zero rows that a (batch, rows) attention mask hides, so conditions of different
+    budgets still decode together. Padding is a compute artefact: each cache's own bytes
+    are reported from its own tensors.
     """
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
-    sizes = {(c.rows, c.seen_tokens) for c in caches}
-    if len(sizes) != 1:
-        raise ValueError(f"only caches of equal active rows and original length stack; got (rows, length) {sorted(sizes)}")
+    lengths = {c.seen_tokens for c in caches}
+    if len(lengths) != 1:
+        raise ValueError(f"only caches continuing the same sequence stack; got original lengths {sorted(lengths)}")
+    rows = [c.rows for c in caches]
+    width = max(rows)
     cache = DynamicCache()
     for i in range(caches[0].num_layers):
         layer = DynamicLayer()
-        k = torch.cat([c.active.keys(i) for c in caches])
-        v = torch.cat([c.active.values(i) for c in caches])
+        k = torch.cat([_pad_rows(c.active.keys(i), width) for c in caches])
+        v = torch.cat([_pad_rows(c.active.values(i), width) for c in caches])
         layer.lazy_initialization(k, v)
         layer.keys, layer.values = k, v
         cache.layers.append(layer)
-    return cache
+    if len(set(rows)) == 1:
+        return cache, None
+    mask = torch.zeros(len(caches), width, dtype=torch.long, device=caches[0].active.device)
+    for b, r in enumerate(rows):
+        mask[b, :r] = 1
+    return cache, mask
+
+
+def _pad_rows(t: torch.Tensor, width: int) -> torch.Tensor:
+    if t.shape[2] == width:
+        return t
+    pad = torch.zeros(*t.shape[:2], width - t.shape[2], t.shape[3], dtype=t.dtype, device=t.device)
+    return torch.cat([t, pad], dim=2)

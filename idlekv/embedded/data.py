@@ -32,10 +32,23 @@ class Curriculum:
     needle_counts: tuple[int, ...] = (2, 3, 4, 6, 8)
     single_turn_probability: float = 0.2
     other_weight: float = 0.05
+    answer_format: str | None = None  # override the task's answer format for training targets
+    # Compact start: the first hold_steps draw lengths in [min_length, hold_length] and
+    # hold_needle_counts needles, so the lookup is learned before the haystack grows.
+    hold_steps: int = 0
+    hold_length: int = 320
+    hold_needle_counts: tuple[int, ...] = (2, 3, 4)
 
-    def length_cap(self, step: int, total_steps: int) -> int:
-        progress = min(1.0, step / max(1.0, self.ramp_fraction * total_steps))
-        return int(self.min_length + progress * (self.max_length - self.min_length))
+    def length_range(self, step: int, total_steps: int) -> tuple[int, int]:
+        if step < self.hold_steps:
+            return self.min_length, self.hold_length
+        ramp = max(1.0, self.ramp_fraction * (total_steps - self.hold_steps))
+        progress = min(1.0, (step - self.hold_steps) / ramp)
+        start = self.hold_length if self.hold_steps else self.min_length
+        return self.min_length, int(start + progress * (self.max_length - start))
+
+    def needle_choices(self, step: int) -> tuple[int, ...]:
+        return self.hold_needle_counts if step < self.hold_steps else self.needle_counts
 
 
 def conversation(sample: Sample, tokenizer, answer_format: str) -> tuple[list[int], list[float], list[tuple[int, int]]]:
@@ -57,8 +70,8 @@ def conversation(sample: Sample, tokenizer, answer_format: str) -> tuple[list[in
     return ids, answer_mask, ranges
 
 
-def training_sample(curriculum: Curriculum, tokenizer, target_length: int, rng: random.Random) -> Sample:
-    n = rng.choice(curriculum.needle_counts)
+def training_sample(curriculum: Curriculum, tokenizer, target_length: int, rng: random.Random, step: int = 10**9) -> Sample:
+    n = rng.choice(curriculum.needle_choices(step))
     single = rng.random() < curriculum.single_turn_probability or n < 2
     spec = get_task(curriculum.task, num_keys=n, num_queries=n, split="all" if single else "balanced")
     draw = _Draw(spec, rng.getrandbits(63))
@@ -70,12 +83,12 @@ def training_sample(curriculum: Curriculum, tokenizer, target_length: int, rng: 
 def training_batch(curriculum: Curriculum, tokenizer, step: int, total_steps: int, tokens_per_step: int, seed: int):
     """(input_ids, loss_weights) for step `step`, right-padded; weights are 0 on padding."""
     rng = random.Random(sample_seed("embedded-train", step, 0, seed))
-    cap = curriculum.length_cap(step, total_steps)
-    target = rng.randint(curriculum.min_length, cap)
-    spec = get_task(curriculum.task)
+    low, high = curriculum.length_range(step, total_steps)
+    target = rng.randint(low, high)
+    answer_format = curriculum.answer_format or get_task(curriculum.task).answer_format
     rows = []
     for _ in range(max(1, tokens_per_step // target)):
-        ids, mask, _ = conversation(training_sample(curriculum, tokenizer, target, rng), tokenizer, spec.answer_format)
+        ids, mask, _ = conversation(training_sample(curriculum, tokenizer, target, rng, step), tokenizer, answer_format)
         rows.append((ids, [1.0 if m else curriculum.other_weight for m in mask]))
     width = max(len(r[0]) for r in rows)
     pad = tokenizer.pad_token_id

@@ -47,6 +47,7 @@ class TrainConfig:
     eval_samples: int = 48
     checkpoint_every: int = 250
     max_minutes: float | None = None  # stop (resumably) after this long
+    init_from: str | None = None  # start from another run's checkpoint weights (fine-tuning)
     curriculum: Curriculum = field(default_factory=Curriculum)
 
     @classmethod
@@ -58,8 +59,9 @@ class TrainConfig:
             raise ValueError(f"unknown training options {unknown}")
         if "curriculum" in d and isinstance(d["curriculum"], dict):
             cur = dict(d["curriculum"])
-            if "needle_counts" in cur:
-                cur["needle_counts"] = tuple(cur["needle_counts"])
+            for key in ("needle_counts", "hold_needle_counts"):
+                if key in cur:
+                    cur[key] = tuple(cur[key])
             d["curriculum"] = Curriculum(**cur)
         return cls(**d)
 
@@ -107,11 +109,11 @@ def heldout_accuracy(model, tokenizer, samples, device, answer_format: str) -> d
     return {"heldout_exact": exact / len(samples), "heldout_token_acc": correct / total}
 
 
-def heldout_set(cfg: TrainConfig, tokenizer):
+def heldout_set(cfg: TrainConfig, tokenizer, length: int = 1024):
     from ruler import generate
 
     # Base seed 10**6: disjoint from the phases' seeds (0) and the training stream's.
-    return [generate(cfg.curriculum.task, 1024, i, tokenizer, base_seed=10**6) for i in range(cfg.eval_samples)]
+    return [generate(cfg.curriculum.task, length, i, tokenizer, base_seed=10**6) for i in range(cfg.eval_samples)]
 
 
 RUN_ONLY_FIELDS = ("max_minutes", "threads", "eval_every", "checkpoint_every")  # do not change what is learned
@@ -169,8 +171,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         step, log, elapsed = state["step"], state["log"], state["elapsed"]
         print(f"resuming from step {step} ({elapsed / 60:.1f} min done)", flush=True)
+    elif cfg.init_from:
+        model.load_state_dict(torch.load(cfg.init_from, map_location=device, weights_only=False)["model"])
+        print(f"initialised from {cfg.init_from}", flush=True)
     heldout = heldout_set(cfg, tokenizer)
-    answer_format = heldout[0].options["answer_format"]
+    heldout_short = heldout_set(cfg, tokenizer, length=320)  # progress is visible here first
+    answer_format = cfg.curriculum.answer_format or heldout[0].options["answer_format"]
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, desc="tiny-model", unit="step", disable=not progress, dynamic_ncols=True)
     start, tokens_seen, metrics = time.time() - elapsed, step * cfg.tokens_per_step, {}
@@ -192,6 +198,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if step % cfg.eval_every == 0 or step == cfg.steps:
             with autocast:
                 metrics = heldout_accuracy(model, tokenizer, heldout, device, answer_format)
+                short = heldout_accuracy(model, tokenizer, heldout_short, device, answer_format)
+                metrics["short_exact"], metrics["short_token_acc"] = short["heldout_exact"], short["heldout_token_acc"]
             log.append({"step": step, "loss": round(loss.item(), 4), "minutes": round((time.time() - start) / 60, 2), **metrics})
             print(json.dumps(log[-1]), flush=True)
         bar.set_postfix(loss=f"{loss.item():.3f}", len=input_ids.shape[1], **{k: f"{v:.2f}" for k, v in metrics.items()})

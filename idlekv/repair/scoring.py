@@ -34,53 +34,64 @@ class RowScores:
 
 
 def _grouped_logits(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """queries (Hq, T, d), keys (H, n, d) -> logits (H, g*T, n) without repeating keys."""
+    """queries (Hq, T, d), already scaled; keys (H, n, d) -> logits (H, g*T, n) without repeating keys."""
     heads, group = keys.shape[0], queries.shape[0] // keys.shape[0]
-    q = queries.reshape(heads, group * queries.shape[1], queries.shape[2])
-    return (q @ keys.transpose(-1, -2)) * queries.shape[-1] ** -0.5
+    return queries.reshape(heads, group * queries.shape[1], queries.shape[2]) @ keys.transpose(-1, -2)
 
 
 def _warm_key_chunks(cache: TieredCache, layer: int, slots: torch.Tensor, chunk_rows: int, device, dtype):
     stored = cache.warm._k[layer]
+    on_cuda = torch.device(device).type == "cuda"
     for start in range(0, slots.shape[-1], chunk_rows):
-        idx = slots[..., start : start + chunk_rows]
+        idx = slots[None, :, start : start + chunk_rows]
         part = QuantizedRows(gather_rows(stored.data, idx), None if stored.scale is None else gather_rows(stored.scale, idx))
-        on_cuda = torch.device(device).type == "cuda"
         yield dequantize(part.to(device, non_blocking=on_cuda, pin=on_cuda), dtype)[0]
 
 
+def _reduce(logits: torch.Tensor, lse: torch.Tensor, heads: int, group: int, tokens: int) -> torch.Tensor:
+    """max over tokens of softmax probabilities, mean over a KV head's query heads.
+
+    exp is monotonic, so the max over tokens is taken on (logit - lse) before exponentiating:
+    one exp per (head, row) instead of one per (head, token, row).
+    """
+    shifted = (logits.float() - lse[..., None]).view(heads, group, tokens, -1)
+    return shifted.amax(dim=2).exp().mean(dim=1)
+
+
 @torch.no_grad()
-def score_rows(cache: TieredCache, queries: list[torch.Tensor], chunk_rows: int = 8192, compute_dtype: torch.dtype | None = None) -> RowScores:
-    """Scores of every active and warm row of `cache` for the next-turn `queries` (per layer (Hq, T, d))."""
+def score_rows(cache: TieredCache, queries: list[torch.Tensor], chunk_rows: int = 8192,
+               compute_dtype: torch.dtype | None = None, max_logit_bytes: int = 1 << 30) -> RowScores:
+    """Scores of every active and warm row of `cache` for the next-turn `queries` (per layer (Hq, T, d)).
+
+    Computed in the model's dtype on the model's device (matmuls accumulate in fp32; the
+    softmax runs in fp32). Warm keys stream in chunks; their logits are kept until the
+    normaliser is known unless they would exceed `max_logit_bytes`, in which case each
+    chunk is recomputed in a second pass instead.
+    """
     device = cache.active.device
-    dtype = compute_dtype or (torch.float32 if device.type == "cpu" else cache.active.dtype)
+    dtype = compute_dtype or cache.active.dtype
     out = RowScores([], [], [], [], [])
     for layer in range(cache.num_layers):
-        q = queries[layer].to(device, dtype)
-        heads, group, tokens = cache.active.kv_heads, q.shape[0] // cache.active.kv_heads, q.shape[1]
-        active_keys = cache.active.keys(layer)[0].to(dtype)
-        active_logits = _grouped_logits(q, active_keys)
+        heads = cache.active.kv_heads
+        q = queries[layer].to(device, dtype) * queries[layer].shape[-1] ** -0.5
+        group, tokens = q.shape[0] // heads, q.shape[1]
+        active_logits = _grouped_logits(q, cache.active.keys(layer)[0].to(dtype))
         lse = torch.logsumexp(active_logits.float(), dim=-1)
         slots, positions = cache.warm.candidates(layer)
         slots, positions = (slots[0], positions[0]) if slots.numel() else (slots.view(heads, 0), positions.view(heads, 0))
-        single = slots.shape[-1] <= chunk_rows  # one chunk: compute the logits once
-        warm_logits = []
+        keep = heads * group * tokens * slots.shape[-1] * torch.empty((), dtype=dtype).element_size() <= max_logit_bytes
+        kept = []
         for keys in _warm_key_chunks(cache, layer, slots, chunk_rows, device, dtype):
-            logits = _grouped_logits(q, keys).float()
-            lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=-1))
-            if single:
-                warm_logits.append(logits)
-        if not single:
-            warm_logits = (_grouped_logits(q, k).float() for k in _warm_key_chunks(cache, layer, slots, chunk_rows, device, dtype))
-
-        def reduce(logits):  # softmax prob, max over tokens, mean over the group's query heads
-            probs = torch.exp(logits - lse[..., None]).view(heads, group, tokens, -1)
-            return probs.amax(dim=2).mean(dim=1)
-
-        out.warm.append(torch.cat([reduce(l) for l in warm_logits], dim=-1) if slots.shape[-1] else torch.zeros(heads, 0, device=device))
+            logits = _grouped_logits(q, keys)
+            lse = torch.logaddexp(lse, torch.logsumexp(logits.float(), dim=-1))
+            if keep:
+                kept.append(logits)
+        chunks = kept if keep else (_grouped_logits(q, k) for k in _warm_key_chunks(cache, layer, slots, chunk_rows, device, dtype))
+        warm = [_reduce(c, lse, heads, group, tokens) for c in chunks]
+        out.warm.append(torch.cat(warm, dim=-1) if warm else torch.zeros(heads, 0, device=device))
         out.warm_positions.append(positions.to(device))
         out.warm_slots.append(slots)
-        out.active.append(reduce(active_logits.float()))
+        out.active.append(_reduce(active_logits, lse, heads, group, tokens))
         out.active_positions.append(cache.active.positions(layer)[0])
     return out
 

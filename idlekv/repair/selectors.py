@@ -4,6 +4,7 @@ Each selector returns, per unit, every candidate position in priority order; the
 of each head's own warm rows are promoted (granularity.take_first_k), so each selector
 yields exactly K rows per head or raises.
 
+- topk: plain top-K (with the turn-1 rule's scores, the Matched control);
 - topk_burst (IdleKV): anchors by score, each expanded to the burst [a-2, a+20];
 - coverage: greedy non-overlapping windows by summed score;
 - random, oldest: content-agnostic controls;
@@ -52,6 +53,18 @@ class TopKBurst:
         offsets = torch.arange(self.lo, self.hi + 1, device=scores.device)
         bursts = (anchors[:, None] + offsets[None, :]).reshape(-1)
         return _fill(bursts, candidates, -s)
+
+
+@dataclass
+class TopK:
+    """Plain top-K by score, ties by position (with the turn-1 rule's scores: the Matched control)."""
+
+    name = "topk"
+    needs_scores = True
+
+    def order(self, scores: torch.Tensor, candidates: torch.Tensor, k: int, **_) -> torch.Tensor:
+        s = torch.where(candidates, scores.nan_to_num(float("-inf")), torch.full_like(scores, float("-inf")))
+        return _fill(torch.empty(0, dtype=torch.long, device=scores.device), candidates, -s)
 
 
 @dataclass
@@ -128,7 +141,7 @@ class SpanRefK:
         return _fill(order, candidates, distance)
 
 
-SELECTORS = {cls.name: cls for cls in (TopKBurst, Coverage, RandomK, OldestK, SpanRefK)}
+SELECTORS = {cls.name: cls for cls in (TopK, TopKBurst, Coverage, RandomK, OldestK, SpanRefK)}
 
 
 def build_selector(name: str, **options):

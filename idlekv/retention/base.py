@@ -66,7 +66,9 @@ class RetentionRule:
         forced[: self.sinks] = True
         forced[max(self.sinks, n - self.recent) :] = True
         ranked = scores.float().masked_fill(forced.to(scores.device), float("inf"))
-        return ranked.topk(budget, dim=-1).indices.sort(dim=-1).values
+        # A stable sort breaks ties (pooling makes many) by position, so the top B+K rows
+        # always contain the top B: "Matched" at B+K is B plus the next K in this order.
+        return ranked.argsort(dim=-1, descending=True, stable=True)[..., :budget].sort(dim=-1).values
 
     def keep(self, inputs: RetentionInputs, budget: int) -> torch.Tensor:
         if self.needs_window and inputs.window_queries is None:

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import hydra
+
+import idlekv.config  # noqa: F401  (hushes Hydra's schema-name warning for our launcher configs)
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 

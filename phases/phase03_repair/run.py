@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+
+import idlekv.config  # noqa: F401  (hushes Hydra's schema-name warning for our launcher configs)
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -17,12 +19,33 @@ from idlekv.environment import environment
 from idlekv.models import load_model
 from idlekv.protocol import Condition, EngineConfig, RepairEngine
 from idlekv.results import ResultStore
+from idlekv.tracking import make_logger
 from idlekv.retention import build_rule
 from phases.phase03_repair.report import summarize, write_frontier
 from ruler import generate
 
 KEY_FIELDS = ("task", "split", "index", "condition", "B", "K")
+GRID_KEYS = ("phase.ks", "phase.budgets")  # what a sweep may vary between jobs (see idlekv/collect.py)
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def expected_cells(config: dict) -> list[dict]:
+    """Every cell a run of this locked config must produce."""
+    phase = config["phase"]
+    names = [c["name"] for c in config["repair"]["conditions"]]
+    return [{"task": phase["task"], "split": split, "index": i, "condition": n, "B": b, "K": k}
+            for split in phase["splits"] for i in range(phase["num_samples"]) for n in names
+            for b in phase["budgets"] for k in phase["ks"]]
+
+
+def report(frame, config: dict) -> list[Path]:
+    """The summary CSV and the frontier figure, from all rows."""
+    summary = summarize(frame)
+    csv, figure = ROOT / config["phase"]["csv"], ROOT / config["phase"]["figure"]
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(csv, index=False)
+    write_frontier(summary, figure)
+    return [csv, figure]
 
 
 def engine_from_config(cfg: DictConfig, lm) -> RepairEngine:
@@ -46,7 +69,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         raise SystemExit(f"{cfg.model.path} has no tokenizer files; phase03 needs one")
     engine = engine_from_config(cfg, lm)
     locked = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "retention", "repair", "phase")} | {"seed": cfg.seed}
-    store = ResultStore(run_dir, KEY_FIELDS, config=locked, environment=environment())
+    env = environment()
+    store = ResultStore(run_dir, KEY_FIELDS, config=locked, environment=env)
+    logger = make_logger(OmegaConf.to_container(cfg.logger), run_dir, locked, env)
     cells_per_sample = [(c.name, b, k) for c in engine.config.conditions for b in phase.budgets for k in phase.ks]
     work = [(label, i) for label in phase.splits for i in range(phase.num_samples)]
     todo = [(label, i) for label, i in work
@@ -57,13 +82,13 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         for row in engine.run_sample(sample, {"task": phase.task, "split": label}):
             if not store.is_done(row):
                 store.append(row)
-    summary = summarize(store.to_frame())
-    csv = ROOT / phase.csv
-    csv.parent.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(csv, index=False)
-    write_frontier(summary, ROOT / phase.figure)
-    print(summary[["split", "B", "K", "condition", "samples", "accuracy"]].to_string(index=False))
-    print(f"wrote {csv} and {phase.figure}")
+                logger.log_row(row)
+    csv, figure = report(store.to_frame(), locked)
+    store.write_csv(run_dir / "rows.csv")
+    logger.log_figure(figure)
+    logger.finish()
+    print(summarize(store.to_frame())[["split", "B", "K", "condition", "samples", "accuracy"]].to_string(index=False))
+    print(f"wrote {csv} and {figure}")
     return csv
 
 

@@ -1,0 +1,107 @@
+"""The reference implementation's protocol shape, rebuilt on our cache, as a benchmark baseline.
+
+What the reference does per (B, K) cell and condition (REFERENCE.md section 1): its own
+next-turn prefill over the compressed cache and exact scoring on the CPU in fp32 (keys
+concatenated, repeated per query head, full softmax) for every condition that uses the
+signal; selection; a re-sort of the whole cache by position; then its own next-turn
+prefill and a token-by-token decode at batch size 1. Our selection code and caches are
+reused, so the measured difference is the protocol's structure and the scoring path.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from idlekv.attention import capture_queries
+from idlekv.cache import TieredCache
+from idlekv.cache.quant import QuantizedRows, dequantize
+from idlekv.cache.selection import gather_rows
+from idlekv.generation import resume_batch
+from idlekv.repair.scoring import RowScores
+from idlekv.protocol import RepairEngine
+from ruler.render import encode, render
+
+
+def reference_exact_scores(cache: TieredCache, queries: list[torch.Tensor]) -> RowScores:
+    """The reference's scorer: everything on the CPU in fp32, keys repeated per query head."""
+    out = RowScores([], [], [], [], [])
+    for layer in range(cache.num_layers):
+        q = queries[layer].detach().cpu().float()
+        active = cache.active.keys(layer)[0].detach().cpu()
+        slots, positions = cache.warm.candidates(layer)
+        stored = cache.warm._k[layer]
+        scale = None if stored.scale is None else gather_rows(stored.scale, slots)
+        warm = dequantize(QuantizedRows(gather_rows(stored.data, slots), scale), torch.float32)[0]
+        keys = torch.cat([active.float(), warm], dim=1)
+        group = q.shape[0] // keys.shape[0]
+        keys = keys.repeat_interleave(group, dim=0)  # repeat_kv: one copy of the keys per query head
+        probs = torch.softmax(q @ keys.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+        per_head = probs.amax(dim=1).view(keys.shape[0] // group, group, -1).mean(dim=1)
+        out.warm.append(per_head[:, active.shape[1]:])
+        out.warm_positions.append(positions[0])
+        out.warm_slots.append(slots[0])
+        out.active.append(per_head[:, : active.shape[1]])
+        out.active_positions.append(cache.active.positions(layer)[0].cpu())
+    return out
+
+
+def resort(cache: TieredCache) -> None:
+    """The reference re-sorted the whole cache by position after every promotion."""
+    for layer in range(cache.num_layers):
+        o = cache.active.positions(layer)[0].argsort(dim=-1)[None]
+        for buf in (cache.active._k[layer], cache.active._v[layer]):
+            rows = buf[:, :, : cache.rows]
+            rows.copy_(torch.gather(rows, 2, o[..., None].expand(-1, -1, -1, rows.shape[-1])))
+        pos = cache.active._p[layer][:, :, : cache.rows]
+        pos.copy_(torch.gather(pos, 2, o))
+
+
+@torch.no_grad()
+def run_reference_sample(engine: RepairEngine, sample) -> tuple[float, int]:
+    """(seconds, cells) for one sample under the reference protocol."""
+    cfg, model, tok = engine.config, engine.model, engine.tokenizer
+    start = time.perf_counter()
+    root, n_ctx, answer1, window_q, window_pos, stale_q, _ = engine._turn_one(sample)
+    answer1_text = tok.decode(answer1)
+    turn_ids = encode(tok, render(sample, tok, answers=[answer1_text] + [""] * (len(sample.turns) - 1)).turn_texts[cfg.turn])
+    from idlekv.retention.base import RetentionInputs
+
+    inputs = RetentionInputs([root.active.keys(i)[0] for i in range(root.num_layers)],
+                             [root.active.positions(i)[0] for i in range(root.num_layers)], window_q, window_pos, n_ctx)
+    scores = engine.rule.score(inputs).cpu()
+    cells = 0
+
+    def decode_alone(cache):  # batch 1, token by token
+        resume_batch(model, [cache], turn_ids, cfg.max_new_tokens, engine.stop_ids)
+
+    decode_alone(root.fork())  # Full, once per sample
+    for b in cfg.budgets:
+        comp = root.fork()
+        comp.compress(engine._keep(scores, b, root, n_ctx), reserve=max(cfg.ks))
+        for k in cfg.ks:
+            for cond in cfg.conditions:
+                cells += 1
+                if cond.kind == "full":
+                    continue
+                signals = engine._signals(comp, turn_ids, stale_q, scores, {"rule"}) if cond.signal == "rule" else {}
+                if cond.signal in ("exact", "proxy") or cond.kind == "refresh":
+                    probe = comp.fork()
+                    hf = probe.to_hf()
+                    with capture_queries(model) as cap:
+                        model(torch.tensor([turn_ids], device=comp.active.device), past_key_values=hf,
+                              position_ids=probe.position_ids(len(turn_ids)), use_cache=True)
+                    signals["exact"] = signals["proxy"] = (reference_exact_scores(comp, [cap.queries[i][0] for i in range(comp.num_layers)]), 0.0)
+                elif cond.signal == "stale":
+                    signals["stale"] = (reference_exact_scores(comp, stale_q), 0.0)
+                if cond.signal == "rule":  # the reference recompressed the full cache at B+K
+                    cache = root.fork()
+                    cache.compress(engine._keep(scores, b + k, root, n_ctx))
+                elif cond.kind == "repair":
+                    cache, _, _ = engine._repair(cond, comp, k, n_ctx, signals, sample, b)
+                    resort(cache)
+                else:
+                    cache, _ = engine._refresh(root, signals, b + k, n_ctx, cond.granularity)
+                decode_alone(cache)
+    return time.perf_counter() - start, cells
