@@ -72,7 +72,7 @@ class EngineConfig:
     window: str = "answer"  # the turn-1 observation window: question | answer | both
     max_new_tokens: int = 48
     warm_precision: str = "model"
-    chunk_rows: int = 8192
+    chunk_rows: int | None = None  # warm rows per scoring chunk; None = by device (see scoring.py)
     burst: tuple[int, int] = (-2, 20)
     coverage_width: int = 23
     seed: int = 0

@@ -4,6 +4,7 @@ context around a haystack of n units, and fit n so the rendered sample fills the
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import random
@@ -59,13 +60,20 @@ class _Draw:
 def _assemble(draw: _Draw, n_units: int, depth_cap_all: float, depth_cap_later: float) -> tuple[str, list[Needle]]:
     spec = draw.spec
     type_value = "numbers" if spec.value_kind == "numbers" else "uuids"
+    units = draw.haystack.units(n_units)
+    # Depth is a fraction of the haystack's characters (a close proxy for its tokens, unlike
+    # a count of units of uneven length); a needle goes to the unit boundary nearest to it.
+    ends = list(itertools.accumulate(len(u) + len(draw.haystack.separator) for u in units))
     placed = []  # (slot, depth, needle index)
     for j, depth in enumerate(draw.depths):
         cap = depth_cap_later if j // spec.num_values in draw.later_turn_keys else depth_cap_all
         d = min(depth, cap)
-        placed.append((round(d * n_units), d, j))
+        target = d * (ends[-1] if ends else 0)
+        i = bisect.bisect_left(ends, target)  # the boundary after unit i is the first at or past target
+        before, after = (ends[i - 1] if i else 0), (ends[i] if i < len(ends) else None)
+        slot = i if after is None or target - before <= after - target else i + 1
+        placed.append((slot, d, j))
     placed.sort()
-    units = draw.haystack.units(n_units)
     pieces: list[str] = []
     spans: dict[int, tuple[int, int, int, int]] = {}
     pos, cursor = 0, 0
@@ -150,7 +158,7 @@ def generate(task: str | TaskSpec, length: int, index: int, tokenizer, base_seed
                 [j for j, n in enumerate(sample.needles) if later[j] and n.token_end > limits[1]]]
         if not late[0] and not late[1]:
             return sample
-        # Caps act on drawn depths (fractions of haystack units): move each offending needle's
+        # Caps act on drawn depths (fractions of haystack characters): move each offending needle's
         # drawn depth back by its overshoot plus one unit, and refit.
         unit = 1 / max(sample.num_units, 1)
         for j in sorted(set(late[0]) | set(late[1])):

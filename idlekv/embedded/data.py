@@ -38,6 +38,10 @@ class Curriculum:
     hold_steps: int = 0
     hold_length: int = 320
     hold_needle_counts: tuple[int, ...] = (2, 3, 4)
+    # Auxiliary recall samples: after the needles, every needle of the context is listed again
+    # in shuffled order and its value is the target, so each needle supervises the key lookup
+    # that the answers need (associative recall in the task's own format).
+    echo_fraction: float = 0.0
 
     def length_range(self, step: int, total_steps: int) -> tuple[int, int]:
         if step < self.hold_steps:
@@ -80,6 +84,21 @@ def training_sample(curriculum: Curriculum, tokenizer, target_length: int, rng: 
     return Sample(spec.name, target_length, 0, draw.seed, prompt, _turns(draw, needles), needles, spec.haystack, units)
 
 
+def echo_sequence(sample: Sample, tokenizer, rng: random.Random) -> tuple[list[int], list[float]]:
+    """The sample's prompt, then all its needles (haystack needles too) again in a shuffled order;
+    the values of the second listing carry the loss."""
+    ids = encode(tokenizer, sample.prompt)
+    mask = [0.0] * len(ids)
+    lines = [line for line in sample.prompt.splitlines() if line.startswith("One of the special magic")]
+    rng.shuffle(lines)
+    for line in lines:
+        head, value = line.rsplit(" ", 1)
+        part, target = encode(tokenizer, head + " "), encode(tokenizer, value + "\n")
+        ids += part + target
+        mask += [0.0] * len(part) + [1.0] * len(target)
+    return ids, mask
+
+
 def training_batch(curriculum: Curriculum, tokenizer, step: int, total_steps: int, tokens_per_step: int, seed: int):
     """(input_ids, loss_weights) for step `step`, right-padded; weights are 0 on padding."""
     rng = random.Random(sample_seed("embedded-train", step, 0, seed))
@@ -88,7 +107,11 @@ def training_batch(curriculum: Curriculum, tokenizer, step: int, total_steps: in
     answer_format = curriculum.answer_format or get_task(curriculum.task).answer_format
     rows = []
     for _ in range(max(1, tokens_per_step // target)):
-        ids, mask, _ = conversation(training_sample(curriculum, tokenizer, target, rng, step), tokenizer, answer_format)
+        sample = training_sample(curriculum, tokenizer, target, rng, step)
+        if rng.random() < curriculum.echo_fraction:
+            ids, mask = echo_sequence(sample, tokenizer, rng)
+        else:
+            ids, mask, _ = conversation(sample, tokenizer, answer_format)
         rows.append((ids, [1.0 if m else curriculum.other_weight for m in mask]))
     width = max(len(r[0]) for r in rows)
     pad = tokenizer.pad_token_id

@@ -109,6 +109,24 @@ def heldout_accuracy(model, tokenizer, samples, device, answer_format: str) -> d
     return {"heldout_exact": exact / len(samples), "heldout_token_acc": correct / total}
 
 
+@torch.no_grad()
+def echo_accuracy(model, tokenizer, samples, device) -> float:
+    """Teacher-forced accuracy on the values of the echo listing (the recall auxiliary)."""
+    import random as _random
+
+    from idlekv.embedded.data import echo_sequence
+
+    model.eval()
+    correct = total = 0
+    for i, sample in enumerate(samples):
+        ids, mask = echo_sequence(sample, tokenizer, _random.Random(i))
+        logits = model(torch.tensor([ids], device=device)).logits[0, :-1].argmax(-1).cpu()
+        target, m = torch.tensor(ids[1:]), torch.tensor(mask[1:]).bool()
+        correct, total = correct + int((logits[m] == target[m]).sum()), total + int(m.sum())
+    model.train()
+    return correct / max(total, 1)
+
+
 def heldout_set(cfg: TrainConfig, tokenizer, length: int = 1024):
     from ruler import generate
 
@@ -200,6 +218,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 metrics = heldout_accuracy(model, tokenizer, heldout, device, answer_format)
                 short = heldout_accuracy(model, tokenizer, heldout_short, device, answer_format)
                 metrics["short_exact"], metrics["short_token_acc"] = short["heldout_exact"], short["heldout_token_acc"]
+                if cfg.curriculum.echo_fraction:
+                    metrics["echo_value_acc"] = echo_accuracy(model, tokenizer, heldout_short, device)
             log.append({"step": step, "loss": round(loss.item(), 4), "minutes": round((time.time() - start) / 60, 2), **metrics})
             print(json.dumps(log[-1]), flush=True)
         bar.set_postfix(loss=f"{loss.item():.3f}", len=input_ids.shape[1], **{k: f"{v:.2f}" for k, v in metrics.items()})
