@@ -49,7 +49,8 @@ bench-repair: setup
 	$(BIN)/python -m idlekv.bench.repair_bench
 
 tiny-model: setup
-	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/default.yaml
+	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/stage1_recall.yaml
+	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/stage2_conversations.yaml
 
 check-model: setup
 	$(BIN)/python -m idlekv.embedded.check

@@ -65,6 +65,24 @@ STANDARD_CONDITIONS = (
 
 
 @dataclass
+class TurnOne:
+    """The state after turn 1 was answered from the full cache."""
+
+    root: TieredCache  # context + the turn-1 tail, uncompressed
+    context_length: int  # rows at positions [0, context_length) are the context
+    answer: list[int]
+    window_queries: list[torch.Tensor]  # per layer (query_heads, w, d): the observation window
+    window_positions: torch.Tensor
+    question_queries: list[torch.Tensor]  # the turn-1 question's queries (the "stale" signal)
+
+    def rule_inputs(self) -> RetentionInputs:
+        root = self.root
+        return RetentionInputs([root.active.keys(i)[0] for i in range(root.num_layers)],
+                               [root.active.positions(i)[0] for i in range(root.num_layers)],
+                               self.window_queries, self.window_positions, self.context_length)
+
+
+@dataclass
 class EngineConfig:
     budgets: Sequence[int]
     ks: Sequence[int]
@@ -99,7 +117,7 @@ class RepairEngine:
                 self.selectors[c.selector] = build_selector(c.selector)
 
     # --- turn 1 ------------------------------------------------------------------------
-    def _turn_one(self, sample: Sample):
+    def turn_one(self, sample: Sample) -> TurnOne:
         rendered = render(sample, self.tokenizer)
         prompt = encode(self.tokenizer, rendered.prompt_text)
         root = prefill(self.model, prompt, self.config.warm_precision)
@@ -112,7 +130,12 @@ class RepairEngine:
         window = {"question": slice(0, len(turn1)), "answer": slice(len(turn1), None), "both": slice(0, None)}[self.config.window]
         if positions[window].numel() == 0:  # an empty answer leaves no answer window: fall back to the question
             window = slice(0, len(turn1))
-        return root, n, answer, [q[:, window] for q in queries], positions[window], [q[:, : len(turn1)] for q in queries], positions[: len(turn1)]
+        return TurnOne(root, n, answer, [q[:, window] for q in queries], positions[window], [q[:, : len(turn1)] for q in queries])
+
+    def next_turn_ids(self, sample: Sample, first_answer: list[int]) -> list[int]:
+        """Token ids of the repaired turn, rendered after the model's own turn-1 answer."""
+        answers = [self.tokenizer.decode(first_answer)] + [""] * (len(sample.turns) - 1)
+        return encode(self.tokenizer, render(sample, self.tokenizer, answers=answers).turn_texts[self.config.turn])
 
     def _keep(self, scores: torch.Tensor, budget: int, root: TieredCache, n_ctx: int) -> list[torch.Tensor]:
         context = self.rule.select(scores, budget)  # (layers, heads, budget) positions == root slots
@@ -179,11 +202,12 @@ class RepairEngine:
     def _refresh(self, root: TieredCache, signals, budget: int, n_ctx: int, granularity: str):
         start = time.perf_counter()
         rs = signals["exact"][0]
-        values = [torch.cat([a, w], dim=-1) for a, w in zip(rs.active, rs.warm)]
-        positions = [torch.cat([a, w], dim=-1) for a, w in zip(rs.active_positions, rs.warm_positions)]
-        inside = [p < n_ctx for p in positions]  # the tail is kept outside the budget anyway
-        values = [torch.where(m, v, torch.zeros_like(v)) for v, m in zip(values, inside)]
-        positions = [p.clamp_max(n_ctx - 1) for p in positions]
+        values, positions = [], []
+        for a, w, pa, pw in zip(rs.active, rs.warm, rs.active_positions, rs.warm_positions):
+            v, p = torch.cat([a, w], dim=-1), torch.cat([pa.to(pw.device), pw], dim=-1)
+            inside = p < n_ctx  # the tail (every head holds all of it) stays outside the budget anyway
+            values.append(v[inside].view(v.shape[0], -1))
+            positions.append(p[inside].view(p.shape[0], -1))
         per_unit = unit_scores(values, positions, n_ctx, granularity).nan_to_num(0.0)
         layers, heads = root.num_layers, root.active.kv_heads
         if granularity == "shared":
@@ -201,18 +225,17 @@ class RepairEngine:
     def run_sample(self, sample: Sample, labels: dict | None = None) -> list[dict]:
         cfg, labels = self.config, dict(labels or {})
         turn = cfg.turn
-        root, n_ctx, answer1, window_q, window_pos, stale_q, _ = self._turn_one(sample)
-        answer1_text = self.tokenizer.decode(answer1)
-        turn_ids = encode(self.tokenizer, render(sample, self.tokenizer, answers=[answer1_text] + [""] * (len(sample.turns) - 1)).turn_texts[turn])
+        first = self.turn_one(sample)
+        root, n_ctx, stale_q = first.root, first.context_length, first.question_queries
+        answer1_text = self.tokenizer.decode(first.answer)
+        turn_ids = self.next_turn_ids(sample, first.answer)
         gold = sample.turns[turn].outputs
         spans = [(n.token_start, n.token_end) for n in sample.needles_for_turn(turn)]
         base = {**labels, "index": sample.index, "context_tokens": n_ctx, "tail_rows": root.rows - n_ctx,
                 "turn1_accuracy": sum(needle_recall(answer1_text, sample.turns[0].outputs)) / max(1, len(sample.turns[0].outputs))}
 
         start = time.perf_counter()
-        inputs = RetentionInputs([root.active.keys(i)[0] for i in range(root.num_layers)],
-                                 [root.active.positions(i)[0] for i in range(root.num_layers)], window_q, window_pos, n_ctx)
-        scores = self.rule.score(inputs).cpu()
+        scores = self.rule.score(first.rule_inputs()).cpu()
         rule_s = time.perf_counter() - start
 
         rows = []

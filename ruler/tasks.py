@@ -102,7 +102,7 @@ TASKS: dict[str, TaskSpec] = {
         # The embedded model's setting: RULER's distractor-needle haystack (every haystack row is
         # itself a needle a cache budget must choose among), one-token word keys, 4-digit values.
         TaskSpec("mq_niah_4q_embedded", haystack="needle", key_kind="word", value_digits=4, num_keys=4,
-                 num_queries=4, split="balanced", answer_format="keyed", answer_tokens=24),
+                 num_queries=4, split="balanced", answer_format="mirror", answer_tokens=24),
     ]
 }
 

@@ -75,12 +75,9 @@ def test_every_resumed_condition_holds_b_plus_k_rows_and_bytes(rows, setup):
 def test_matched_is_the_rule_at_b_plus_k(setup, rows):
     """The engine's Matched (B + the rule's next K rows from the warm tier) == compressing the full cache at B+K."""
     tok, model, sample, engine = setup
-    root, n_ctx, _, window_q, window_pos, _, _ = engine._turn_one(sample)
-    from idlekv.retention.base import RetentionInputs
-
-    inputs = RetentionInputs([root.active.keys(i)[0] for i in range(root.num_layers)],
-                             [root.active.positions(i)[0] for i in range(root.num_layers)], window_q, window_pos, n_ctx)
-    scores = engine.rule.score(inputs)
+    first = engine.turn_one(sample)
+    root, n_ctx = first.root, first.context_length
+    scores = engine.rule.score(first.rule_inputs())
     matched = root.fork()
     matched.compress(engine._keep(scores, B + 40, root, n_ctx))
     direct = engine.rule.select(scores, B + 40)
@@ -107,7 +104,8 @@ def test_span_ref_restores_the_next_turn_needles_when_k_allows(rows, setup):
 
 def test_batched_resume_equals_one_at_a_time(setup):
     tok, model, sample, engine = setup
-    root, n_ctx, *_ = engine._turn_one(sample)
+    first = engine.turn_one(sample)
+    root, n_ctx = first.root, first.context_length
     gen = torch.Generator().manual_seed(0)
     caches = []
     for _ in range(3):
@@ -149,7 +147,8 @@ def test_conditions_are_validated():
 
 def test_padded_batches_of_different_sizes_equal_one_at_a_time(setup):
     tok, model, sample, engine = setup
-    root, n_ctx, *_ = engine._turn_one(sample)
+    first = engine.turn_one(sample)
+    root, n_ctx = first.root, first.context_length
     gen = torch.Generator().manual_seed(1)
     caches = []
     for size in (40, 90, 65):

@@ -21,7 +21,6 @@ from idlekv.cache.selection import gather_rows
 from idlekv.generation import resume_batch
 from idlekv.repair.scoring import RowScores
 from idlekv.protocol import RepairEngine
-from ruler.render import encode, render
 
 
 def reference_exact_scores(cache: TieredCache, queries: list[torch.Tensor]) -> RowScores:
@@ -61,16 +60,12 @@ def resort(cache: TieredCache) -> None:
 @torch.no_grad()
 def run_reference_sample(engine: RepairEngine, sample) -> tuple[float, int]:
     """(seconds, cells) for one sample under the reference protocol."""
-    cfg, model, tok = engine.config, engine.model, engine.tokenizer
+    cfg, model = engine.config, engine.model
     start = time.perf_counter()
-    root, n_ctx, answer1, window_q, window_pos, stale_q, _ = engine._turn_one(sample)
-    answer1_text = tok.decode(answer1)
-    turn_ids = encode(tok, render(sample, tok, answers=[answer1_text] + [""] * (len(sample.turns) - 1)).turn_texts[cfg.turn])
-    from idlekv.retention.base import RetentionInputs
-
-    inputs = RetentionInputs([root.active.keys(i)[0] for i in range(root.num_layers)],
-                             [root.active.positions(i)[0] for i in range(root.num_layers)], window_q, window_pos, n_ctx)
-    scores = engine.rule.score(inputs).cpu()
+    first = engine.turn_one(sample)
+    root, n_ctx, stale_q = first.root, first.context_length, first.question_queries
+    turn_ids = engine.next_turn_ids(sample, first.answer)
+    scores = engine.rule.score(first.rule_inputs()).cpu()
     cells = 0
 
     def decode_alone(cache):  # batch 1, token by token

@@ -51,17 +51,11 @@ def load_bench_model(path: str | None, device: str):
 def shared_work_seconds(engine: RepairEngine, sample) -> float:
     """Time of the per-sample work both protocols do identically: prefill, turn 1, rule scores, Full's resume."""
     from idlekv.generation import resume_batch
-    from idlekv.retention.base import RetentionInputs
-    from ruler.render import encode, render
 
     start = time.perf_counter()
-    root, n_ctx, answer1, window_q, window_pos, _, _ = engine._turn_one(sample)
-    inputs = RetentionInputs([root.active.keys(i)[0] for i in range(root.num_layers)],
-                             [root.active.positions(i)[0] for i in range(root.num_layers)], window_q, window_pos, n_ctx)
-    engine.rule.score(inputs)
-    text = engine.tokenizer.decode(answer1)
-    turn_ids = encode(engine.tokenizer, render(sample, engine.tokenizer, answers=[text] + [""] * (len(sample.turns) - 1)).turn_texts[engine.config.turn])
-    resume_batch(engine.model, [root], turn_ids, engine.config.max_new_tokens, engine.stop_ids)
+    first = engine.turn_one(sample)
+    engine.rule.score(first.rule_inputs())
+    resume_batch(engine.model, [first.root], engine.next_turn_ids(sample, first.answer), engine.config.max_new_tokens, engine.stop_ids)
     return time.perf_counter() - start
 
 

@@ -25,9 +25,15 @@ def needle_rows(sample: Sample, turn: int | None = None) -> list[int]:
 
 
 def remove_rows(cache: TieredCache, rows: list[int]) -> None:
-    """Evict the given context positions from every layer and head (keep everything else)."""
+    """Evict the given context positions from every layer and head (keep everything else).
+
+    For an uncompressed cache, where every layer and head holds the same rows in order.
+    """
     drop = set(rows)
-    positions = cache.active.positions(0)[0, 0].tolist()
+    reference = cache.active.positions(0)[0, 0]
+    if any(not bool((cache.active.positions(l)[0] == reference).all()) for l in range(cache.num_layers)):
+        raise ValueError("remove_rows needs a cache whose layers and heads hold the same rows (an uncompressed one)")
+    positions = reference.tolist()
     keep = torch.tensor([i for i, p in enumerate(positions) if p not in drop])
     cache.compress(keep)
 

@@ -48,6 +48,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     max_minutes: float | None = None  # stop (resumably) after this long
     init_from: str | None = None  # start from another run's checkpoint weights (fine-tuning)
+    stop_after: int | None = None  # stop (and save) at this step; the schedule still spans `steps`
     curriculum: Curriculum = field(default_factory=Curriculum)
 
     @classmethod
@@ -134,7 +135,7 @@ def heldout_set(cfg: TrainConfig, tokenizer, length: int = 1024):
     return [generate(cfg.curriculum.task, length, i, tokenizer, base_seed=10**6) for i in range(cfg.eval_samples)]
 
 
-RUN_ONLY_FIELDS = ("max_minutes", "threads", "eval_every", "checkpoint_every")  # do not change what is learned
+RUN_ONLY_FIELDS = ("max_minutes", "threads", "eval_every", "checkpoint_every", "stop_after")  # do not change what is learned
 
 
 def identity(cfg: TrainConfig) -> dict:
@@ -196,10 +197,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     heldout_short = heldout_set(cfg, tokenizer, length=320)  # progress is visible here first
     answer_format = cfg.curriculum.answer_format or heldout[0].options["answer_format"]
     model.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="tiny-model", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=min(cfg.steps, cfg.stop_after or cfg.steps), initial=step, desc="tiny-model", unit="step", disable=not progress, dynamic_ncols=True)
     start, tokens_seen, metrics = time.time() - elapsed, step * cfg.tokens_per_step, {}
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cfg.bf16)
-    while step < cfg.steps:
+    last = min(cfg.steps, cfg.stop_after or cfg.steps)
+    while step < last:
         input_ids, weights = training_batch(cfg.curriculum, tokenizer, step, cfg.steps, cfg.tokens_per_step, cfg.seed)
         input_ids, weights = input_ids.to(device), weights.to(device)
         for group in optimizer.param_groups:
@@ -213,7 +215,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         optimizer.step()
         step += 1
         tokens_seen += int((weights > 0).sum())
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if step % cfg.eval_every == 0 or step == last:
             with autocast:
                 metrics = heldout_accuracy(model, tokenizer, heldout, device, answer_format)
                 short = heldout_accuracy(model, tokenizer, heldout_short, device, answer_format)
@@ -225,7 +227,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         bar.set_postfix(loss=f"{loss.item():.3f}", len=input_ids.shape[1], **{k: f"{v:.2f}" for k, v in metrics.items()})
         bar.update(1)
         out_of_time = cfg.max_minutes is not None and (time.time() - start) / 60 >= cfg.max_minutes
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
+        if step % cfg.checkpoint_every == 0 or step == last or out_of_time:
             save_checkpoint(ckpt_path, model, optimizer, step, cfg, log, time.time() - start)
         if out_of_time:
             print(f"stopping at step {step} after {cfg.max_minutes} min; rerun to continue", flush=True)
