@@ -32,3 +32,19 @@ def test_task_group_builds_a_task_spec():
     spec = spec_from_config(cfg.task)
     assert (spec.name, spec.split, spec.recency_window, spec.num_keys) == ("mq_niah_4q", "clean", 128, 4)
     assert spec_from_config(compose(["task=niah"]).task).haystack == "noise"
+
+
+@pytest.mark.parametrize("experiment", ["phase01_full_cache", "phase03_repair_4q"])
+def test_experiments_own_their_run_and_sweep_folders(experiment):
+    """A rerun or a re-launched sweep must find the same folder to resume its cells."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from idlekv.config import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        assert cfg.hydra.run.dir == f"runs/{cfg.phase.name}"
+        assert cfg.hydra.sweep.dir == f"multirun/{cfg.phase.name}"

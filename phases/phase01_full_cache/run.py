@@ -10,23 +10,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import hydra
-
-import idlekv.config  # noqa: F401  (hushes Hydra's schema-name warning for our launcher configs)
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from idlekv.environment import environment
 from idlekv.evaluation import answer_sample
-from idlekv.models import load_model
 from idlekv.results import ResultStore
+from phases.common import ROOT, load_phase_model, phase_main
 from phases.phase01_full_cache.report import summarize, write_figure
 from ruler import generate
 from ruler.generation import LengthError
 from ruler.tasks import get_task
 
 KEY_FIELDS = ("task", "num_keys", "length", "index")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def cells(phase) -> list[dict]:
@@ -42,10 +38,7 @@ def cells(phase) -> list[dict]:
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     phase = cfg.phase
-    lm = load_model(ROOT / cfg.model.path, dtype=cfg.model.dtype, device=None if cfg.device == "auto" else cfg.device,
-                    attn_implementation=cfg.model.attn_implementation)
-    if lm.tokenizer is None:
-        raise SystemExit(f"{cfg.model.path} has no tokenizer files; phase01 needs one")
+    lm = load_phase_model(cfg, "phase01")
     locked = {"model": OmegaConf.to_container(cfg.model), "phase": OmegaConf.to_container(phase)}
     store = ResultStore(run_dir, KEY_FIELDS, config=locked, environment=environment())
     todo = [c for c in cells(phase) if not store.is_done(c)]
@@ -84,13 +77,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     return csv
 
 
-@hydra.main(config_path="../../configs", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    if "phase" not in cfg:
-        raise SystemExit("choose the experiment: python phases/phase01_full_cache/run.py experiment=phase01_full_cache")
-    from hydra.core.hydra_config import HydraConfig
-
-    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+main = phase_main(run, "phases.phase01_full_cache.run", "phase01_full_cache")
 
 
 if __name__ == "__main__":

@@ -9,24 +9,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
-
-import idlekv.config  # noqa: F401  (hushes Hydra's schema-name warning for our launcher configs)
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from idlekv.environment import environment
-from idlekv.models import load_model
 from idlekv.protocol import Condition, EngineConfig, RepairEngine
 from idlekv.results import ResultStore
 from idlekv.tracking import make_logger
 from idlekv.retention import build_rule
+from phases.common import ROOT, load_phase_model, phase_main
 from phases.phase03_repair.report import summarize, write_frontier
 from ruler import generate
 
 KEY_FIELDS = ("task", "split", "index", "condition", "B", "K")
 GRID_KEYS = ("phase.ks", "phase.budgets")  # what a sweep may vary between jobs (see idlekv/collect.py)
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def expected_cells(config: dict) -> list[dict]:
@@ -63,10 +59,7 @@ def engine_from_config(cfg: DictConfig, lm) -> RepairEngine:
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     phase = cfg.phase
-    lm = load_model(ROOT / cfg.model.path, dtype=cfg.model.dtype, device=None if cfg.device == "auto" else cfg.device,
-                    attn_implementation=cfg.model.attn_implementation)
-    if lm.tokenizer is None:
-        raise SystemExit(f"{cfg.model.path} has no tokenizer files; phase03 needs one")
+    lm = load_phase_model(cfg, "phase03")
     engine = engine_from_config(cfg, lm)
     locked = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "retention", "repair", "phase")} | {"seed": cfg.seed}
     env = environment()
@@ -92,13 +85,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     return csv
 
 
-@hydra.main(config_path="../../configs", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    if "phase" not in cfg:
-        raise SystemExit("choose the experiment: python -m phases.phase03_repair.run experiment=phase03_repair_4q")
-    from hydra.core.hydra_config import HydraConfig
-
-    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+main = phase_main(run, "phases.phase03_repair.run", "phase03_repair_4q")
 
 
 if __name__ == "__main__":

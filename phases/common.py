@@ -1,0 +1,37 @@
+"""What every phase's run.py shares: the model from the config, and the Hydra entry point."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+import idlekv.config  # noqa: F401  (hushes Hydra's schema-name warning for our launcher configs)
+from idlekv.models import LoadedModel, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_phase_model(cfg: DictConfig, phase: str) -> LoadedModel:
+    """The configured model (relative paths from the repository root), which must have a tokenizer."""
+    lm = load_model(ROOT / cfg.model.path, dtype=cfg.model.dtype, device=None if cfg.device == "auto" else cfg.device,
+                    attn_implementation=cfg.model.attn_implementation)
+    if lm.tokenizer is None:
+        raise SystemExit(f"{cfg.model.path} has no tokenizer files; {phase} needs one")
+    return lm
+
+
+def phase_main(run: Callable[[DictConfig, Path], object], module: str, experiment: str):
+    """A Hydra entry point that runs `run(cfg, output_dir)` for an experiment config."""
+
+    @hydra.main(config_path=str(ROOT / "configs"), config_name="config", version_base="1.3")
+    def main(cfg: DictConfig) -> None:
+        if "phase" not in cfg:
+            raise SystemExit(f"choose the experiment: python -m {module} experiment={experiment}")
+        from hydra.core.hydra_config import HydraConfig
+
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+    return main
