@@ -37,7 +37,6 @@ def test_snapkv_matches_a_hand_computation():
 
 
 def test_snapkv_pooling_spreads_a_peak_to_its_neighbours():
-    x = inputs()
     peak = torch.zeros(2, 32)
     peak[:, 10] = 1.0
     pooled = SnapKV(kernel=5)._pool(peak)

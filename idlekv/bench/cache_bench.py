@@ -79,7 +79,6 @@ def run(args) -> list[dict]:
             extra = f"  h2d pinned {row['h2d_pinned_gbps']:.1f} GB/s (ratio {row['ratio_vs_h2d_pinned']:.2f})" if device == "cuda" else ""
             print(f"{precision:>5} K={k:>5}: promote {row['promote_ms']:8.2f} ms = {row['promote_gbps']:6.2f} GB/s | "
                   f"memcpy {baseline:6.2f} GB/s | ratio {row['ratio_vs_memcpy']:.2f}{extra}", flush=True)
-        del root
     return results
 
 

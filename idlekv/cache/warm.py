@@ -8,7 +8,6 @@ of rows no fork needs any more.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import torch
 
