@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from idlekv.results import ROWS_FILE, CONFIG_FILE, ConfigMismatchError, _config_diff, cell_key
+from idlekv.results import ROWS_FILE, CONFIG_FILE, ConfigMismatchError, config_diff, cell_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def collect(folders, write: bool = True) -> dict:
     grid = tuple(module.GRID_KEYS)
     reference = _without(first, grid)
     for job in jobs[1:]:
-        diff = _config_diff(reference, _without(configs[job], grid))
+        diff = config_diff(reference, _without(configs[job], grid))
         if diff:
             raise ConfigMismatchError(f"{job} was run with another locked config than {jobs[0]}: " + "; ".join(diff[:10]))
     rows, seen, duplicates = [], set(), 0

@@ -39,14 +39,14 @@ def greedy_decode(
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=last_logits.device)
     batch = last_logits.shape[0]
     done = torch.zeros(batch, dtype=torch.bool, device=last_logits.device)
-    out = [[] for _ in range(batch)]
+    tokens, kept = [], []  # per step: (batch,) tokens and whether each row still wants them
     logits = last_logits
     position = torch.as_tensor(start_position, device=last_logits.device).reshape(-1, 1).expand(batch, 1)
     for step in range(max_new_tokens):
         token = logits.argmax(-1)
         hit = torch.isin(token, stop) if stop.numel() else torch.zeros_like(done)
-        for row in (~done & ~hit).nonzero().flatten().tolist():
-            out[row].append(int(token[row]))
+        tokens.append(token)
+        kept.append(~done & ~hit)
         done |= hit
         if bool(done.all()) or step == max_new_tokens - 1:
             break
@@ -54,7 +54,10 @@ def greedy_decode(
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
         logits = model(token[:, None], past_key_values=past_key_values, position_ids=position + step,
                        attention_mask=attention_mask, use_cache=True).logits[:, -1]
-    return out
+    if not tokens:
+        return [[] for _ in range(batch)]
+    ids, keep = torch.stack(tokens, 1).tolist(), torch.stack(kept, 1).tolist()
+    return [[t for t, k in zip(row, mask) if k] for row, mask in zip(ids, keep)]
 
 
 @torch.no_grad()

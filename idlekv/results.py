@@ -41,12 +41,12 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def _config_diff(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+def config_diff(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
     diffs = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
         if isinstance(a, Mapping) and isinstance(b, Mapping):
-            diffs += _config_diff(a, b, f"{prefix}{key}.")
+            diffs += config_diff(a, b, f"{prefix}{key}.")
         elif a != b:
             diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return diffs
@@ -75,7 +75,7 @@ class ResultStore:
         path = self.run_dir / CONFIG_FILE
         if path.exists():
             locked = json.loads(path.read_text())
-            diff = _config_diff(locked, config)
+            diff = config_diff(locked, config)
             if diff:
                 raise ConfigMismatchError(
                     f"{self.run_dir} holds rows of another configuration; use a new run directory. Differences: "

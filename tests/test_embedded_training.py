@@ -65,10 +65,16 @@ def test_answer_formats():
 
 
 def test_a_run_can_start_from_another_runs_weights(tmp_path):
-    first = train(tiny_config(tmp_path / "a", steps=4), progress=False)
+    from safetensors.torch import load_file
+
+    train(tiny_config(tmp_path / "a", steps=4), progress=False)
     ckpt = tmp_path / "a" / "work" / "checkpoint.pt"
-    cfg = tiny_config(tmp_path / "b", steps=4, init_from=str(ckpt),
+    source = torch.load(ckpt, weights_only=False)["model"]
+    # stop_after=0: the run loads the weights and exports them untouched
+    cfg = tiny_config(tmp_path / "b", steps=4, init_from=str(ckpt), stop_after=0,
                       curriculum=Curriculum(min_length=160, max_length=256, needle_counts=(2,), answer_format="mirror"))
-    second = train(cfg, progress=False)
-    assert json.loads((second / "training_record.json").read_text())["config"]["init_from"] == str(ckpt)
-    assert first != second
+    exported = load_file(train(cfg, progress=False) / "model.safetensors")
+    fresh = load_file(train(tiny_config(tmp_path / "c", steps=4, stop_after=0, seed=9), progress=False) / "model.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(exported[name], source[name])
+    assert not torch.equal(fresh[name], source[name])

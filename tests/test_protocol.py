@@ -102,17 +102,22 @@ def test_span_ref_restores_the_next_turn_needles_when_k_allows(rows, setup):
     assert by(result, "SpanRef-K", 40)["needle_rows_active"] == 1.0
 
 
-def test_batched_resume_equals_one_at_a_time(setup):
-    tok, model, sample, engine = setup
+def compressed_forks(engine, sample, sizes, seed):
+    """Forks of the sample's post-turn-1 cache, each keeping `size` random context rows + the tail."""
     first = engine.turn_one(sample)
     root, n_ctx = first.root, first.context_length
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     caches = []
-    for _ in range(3):
+    for size in sizes:
         c = root.fork()
-        keep = torch.cat([torch.randperm(n_ctx, generator=gen)[:60].sort().values, torch.arange(n_ctx, root.rows)])
-        c.compress(keep)
+        c.compress(torch.cat([torch.randperm(n_ctx, generator=gen)[:size].sort().values, torch.arange(n_ctx, root.rows)]))
         caches.append(c)
+    return caches
+
+
+def test_batched_resume_equals_one_at_a_time(setup):
+    tok, model, sample, engine = setup
+    caches = compressed_forks(engine, sample, (60, 60, 60), seed=0)
     turn = tok("What are all the special magic numbers for oak?", add_special_tokens=False)["input_ids"]
     stop = stop_token_ids(tok)
     together = resume_batch(model, caches, turn, 6, stop)
@@ -147,15 +152,7 @@ def test_conditions_are_validated():
 
 def test_padded_batches_of_different_sizes_equal_one_at_a_time(setup):
     tok, model, sample, engine = setup
-    first = engine.turn_one(sample)
-    root, n_ctx = first.root, first.context_length
-    gen = torch.Generator().manual_seed(1)
-    caches = []
-    for size in (40, 90, 65):
-        c = root.fork()
-        keep = torch.cat([torch.randperm(n_ctx, generator=gen)[:size].sort().values, torch.arange(n_ctx, root.rows)])
-        c.compress(keep)
-        caches.append(c)
+    caches = compressed_forks(engine, sample, (40, 90, 65), seed=1)
     turn = tok("What are all the special magic numbers for oak?", add_special_tokens=False)["input_ids"]
     stop = stop_token_ids(tok)
     assert resume_batch(model, caches, turn, 8, stop) == [resume_batch(model, [c], turn, 8, stop)[0] for c in caches]

@@ -114,17 +114,8 @@ class TieredCache:
 
     def to_hf(self):
         """A transformers DynamicCache over the active rows (no copy of the rows)."""
-        from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
-
-        cache = DynamicCache()
-        for i in range(self.num_layers):
-            layer = DynamicLayer()
-            k, v = self.active.keys(i), self.active.values(i)
-            layer.lazy_initialization(k, v)
-            layer.keys, layer.values = k, v
-            cache.layers.append(layer)
-        return cache
+        return dynamic_cache([self.active.keys(i) for i in range(self.num_layers)],
+                             [self.active.values(i) for i in range(self.num_layers)])
 
     def absorb(self, cache) -> int:
         """Take in the rows a forward appended to `to_hf()`'s cache; returns how many."""
@@ -144,6 +135,20 @@ class TieredCache:
         return new
 
 
+def dynamic_cache(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]):
+    """A transformers DynamicCache holding these per-layer tensors as they are (no copy)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache()
+    for k, v in zip(keys, values):
+        layer = DynamicLayer()
+        layer.lazy_initialization(k, v)
+        layer.keys, layer.values = k, v
+        cache.layers.append(layer)
+    return cache
+
+
 def stack_to_hf(caches: Sequence[TieredCache]):
     """One transformers DynamicCache holding several caches as a batch, and its padding mask.
 
@@ -153,22 +158,14 @@ def stack_to_hf(caches: Sequence[TieredCache]):
     budgets still decode together. Padding is a compute artefact: each cache's own bytes
     are reported from its own tensors.
     """
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
     lengths = {c.seen_tokens for c in caches}
     if len(lengths) != 1:
         raise ValueError(f"only caches continuing the same sequence stack; got original lengths {sorted(lengths)}")
     rows = [c.rows for c in caches]
     width = max(rows)
-    cache = DynamicCache()
-    for i in range(caches[0].num_layers):
-        layer = DynamicLayer()
-        k = torch.cat([_pad_rows(c.active.keys(i), width) for c in caches])
-        v = torch.cat([_pad_rows(c.active.values(i), width) for c in caches])
-        layer.lazy_initialization(k, v)
-        layer.keys, layer.values = k, v
-        cache.layers.append(layer)
+    layers = range(caches[0].num_layers)
+    cache = dynamic_cache([torch.cat([_pad_rows(c.active.keys(i), width) for c in caches]) for i in layers],
+                          [torch.cat([_pad_rows(c.active.values(i), width) for c in caches]) for i in layers])
     if len(set(rows)) == 1:
         return cache, None
     mask = torch.zeros(len(caches), width, dtype=torch.long, device=caches[0].active.device)

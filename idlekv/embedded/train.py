@@ -197,10 +197,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     heldout_short = heldout_set(cfg, tokenizer, length=320)  # progress is visible here first
     answer_format = cfg.curriculum.answer_format or heldout[0].options["answer_format"]
     model.train()
-    bar = tqdm(total=min(cfg.steps, cfg.stop_after or cfg.steps), initial=step, desc="tiny-model", unit="step", disable=not progress, dynamic_ncols=True)
+    last = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
+    bar = tqdm(total=last, initial=step, desc="tiny-model", unit="step", disable=not progress, dynamic_ncols=True)
     start, tokens_seen, metrics = time.time() - elapsed, step * cfg.tokens_per_step, {}
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cfg.bf16)
-    last = min(cfg.steps, cfg.stop_after or cfg.steps)
     while step < last:
         input_ids, weights = training_batch(cfg.curriculum, tokenizer, step, cfg.steps, cfg.tokens_per_step, cfg.seed)
         input_ids, weights = input_ids.to(device), weights.to(device)
