@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # wheels); with CUDA keep the user's torch by letting the venv see system packages.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: setup test test-slow test-all bench-cache bench-repair tiny-model check-model phase01 repair collect clean help
+.PHONY: setup test test-slow test-all bench-cache bench-repair tiny-model check-model phase01 probe retention repair collect clean help
 
 help:
 	@echo "make setup        create .venv and install the project (+dev extras)"
@@ -18,6 +18,8 @@ help:
 	@echo "make tiny-model   train the embedded model into models/embedded (resumable)"
 	@echo "make check-model  the embedded model's retrieval and needle-row ablations (200 held-out samples)"
 	@echo "make phase01      the full-cache gate on the embedded model"
+	@echo "make probe        train the learned-relevance probe on the embedded model's own attention"
+	@echo "make retention    phase02: every retention rule vs budget, eviction inside the model"
 	@echo "make collect PHASE=phase03_repair_4q   merge a multirun sweep's job rows (see docs/sweeps.md)"
 	@echo "make repair       the main job: phase03's 4Q repair frontier on the embedded model"
 
@@ -50,13 +52,21 @@ bench-repair: setup
 
 tiny-model: setup
 	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/stage1_recall.yaml
-	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/stage2_conversations.yaml
+	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/stage2_recall.yaml
+	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/stage3_noise.yaml
+	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/stage4_keys.yaml
 
 check-model: setup
 	$(BIN)/python -m idlekv.embedded.check
 
 phase01: setup
 	$(BIN)/python -m phases.phase01_full_cache.run experiment=phase01_full_cache
+
+probe: setup
+	$(BIN)/python -m idlekv.retention.probe_train
+
+retention: setup
+	$(BIN)/python -m phases.phase02_retention.run experiment=phase02_retention
 
 repair: setup
 	$(BIN)/python -m phases.phase03_repair.run experiment=phase03_repair_4q

@@ -62,9 +62,9 @@ def greedy_decode(
 
 @torch.no_grad()
 def run_turn(model, cache, turn_ids: list[int], max_new_tokens: int, stop_ids: Iterable[int]) -> list[int]:
-    """Prefill a turn's tokens over a TieredCache, decode the answer greedily, keep both in the cache."""
+    """Prefill a turn's tokens over a TieredCache (or MixedPrecisionCache), decode the answer greedily, keep both in the cache."""
     hf = cache.to_hf()
-    ids = torch.tensor([turn_ids], device=cache.active.device)
+    ids = torch.tensor([turn_ids], device=cache.device)
     logits = model(ids, past_key_values=hf, position_ids=cache.position_ids(len(turn_ids)), use_cache=True).logits[:, -1]
     cache.absorb(hf)  # the turn's rows, at positions continuing the original sequence
     answer = greedy_decode(model, hf, logits, cache.seen_tokens, max_new_tokens, stop_ids)[0]

@@ -74,12 +74,13 @@ class TurnOne:
     window_queries: list[torch.Tensor]  # per layer (query_heads, w, d): the observation window
     window_positions: torch.Tensor
     question_queries: list[torch.Tensor]  # the turn-1 question's queries (the "stale" signal)
+    prefill_queries: list[torch.Tensor] | None = None  # every context token's queries, for rules that read them
 
     def rule_inputs(self) -> RetentionInputs:
         root = self.root
         return RetentionInputs([root.active.keys(i)[0] for i in range(root.num_layers)],
                                [root.active.positions(i)[0] for i in range(root.num_layers)],
-                               self.window_queries, self.window_positions, self.context_length)
+                               self.window_queries, self.window_positions, self.context_length, self.prefill_queries)
 
 
 @dataclass
@@ -120,7 +121,13 @@ class RepairEngine:
     def turn_one(self, sample: Sample) -> TurnOne:
         rendered = render(sample, self.tokenizer)
         prompt = encode(self.tokenizer, rendered.prompt_text)
-        root = prefill(self.model, prompt, self.config.warm_precision)
+        prefill_queries = None
+        if self.rule.needs_prefill_queries:  # H2O-style rules read every prefill query
+            with capture_queries(self.model) as pre:
+                root = prefill(self.model, prompt, self.config.warm_precision)
+            prefill_queries = [pre.queries[layer][0] for layer in range(root.num_layers)]
+        else:
+            root = prefill(self.model, prompt, self.config.warm_precision)
         turn1 = encode(self.tokenizer, rendered.turn_texts[0])
         with capture_queries(self.model, accumulate=True) as cap:
             answer = run_turn(self.model, root, turn1, self.config.max_new_tokens, self.stop_ids)
@@ -130,7 +137,8 @@ class RepairEngine:
         window = {"question": slice(0, len(turn1)), "answer": slice(len(turn1), None), "both": slice(0, None)}[self.config.window]
         if positions[window].numel() == 0:  # an empty answer leaves no answer window: fall back to the question
             window = slice(0, len(turn1))
-        return TurnOne(root, n, answer, [q[:, window] for q in queries], positions[window], [q[:, : len(turn1)] for q in queries])
+        return TurnOne(root, n, answer, [q[:, window] for q in queries], positions[window], [q[:, : len(turn1)] for q in queries],
+                       prefill_queries)
 
     def next_turn_ids(self, sample: Sample, first_answer: list[int]) -> list[int]:
         """Token ids of the repaired turn, rendered after the model's own turn-1 answer."""

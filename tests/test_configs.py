@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
@@ -34,7 +36,7 @@ def test_task_group_builds_a_task_spec():
     assert spec_from_config(compose(["task=niah"]).task).haystack == "noise"
 
 
-@pytest.mark.parametrize("experiment", ["phase01_full_cache", "phase03_repair_4q"])
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "experiment").glob("*.yaml")))
 def test_experiments_own_their_run_and_sweep_folders(experiment):
     """A rerun or a re-launched sweep must find the same folder to resume its cells."""
     from hydra import compose as hydra_compose

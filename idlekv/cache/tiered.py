@@ -64,6 +64,10 @@ class TieredCache:
         return self.active.num_layers
 
     @property
+    def device(self) -> torch.device:
+        return self.active.device
+
+    @property
     def rows(self) -> int:
         return self.active.rows
 

@@ -9,6 +9,7 @@ function of (seed, t), so a resumed run sees exactly the batches it would have s
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import torch
@@ -17,9 +18,14 @@ from ruler.generation import _assemble, _Draw, _turns
 from ruler.render import encode, render
 from ruler.sample import Sample
 from ruler.seeding import sample_seed
+from ruler.keys import make_value, word_list
 from ruler.tasks import get_task
+from ruler.render import PLAIN_TURN_SEPARATOR
+from ruler.templates import ANSWER_PREFIX, NOISE, QUESTION, join_queries
 
-NEEDLE_TOKENS = 17  # about one distractor needle of the embedded task, in tokens
+NEEDLE_PATTERN = re.compile(r"(One of the special magic \w+ for \S+ is:) (\S+)\.")
+NEEDLE_TOKENS = 17  # about one needle of the embedded task, in tokens
+UNIT_TOKENS = {"needle": 17, "noise": 8, "essay": 25}  # about one haystack unit, in tokens
 OVERHEAD_TOKENS = 120  # instruction, questions and answers of a sample, about
 
 
@@ -42,6 +48,12 @@ class Curriculum:
     # in shuffled order and its value is the target, so each needle supervises the key lookup
     # that the answers need (associative recall in the task's own format).
     echo_fraction: float = 0.0
+    # Dense pair recall (see pair_recall_sequence): this share of rows, with a pair count drawn
+    # from pair_counts and noise sentences between pairs with probability pair_filler.
+    pairs_fraction: float = 0.0
+    pair_counts: tuple[int, ...] = (4, 8, 16)
+    pair_filler: float = 0.0
+    key_copy_fraction: float = 0.0  # this share of rows are key_copy_sequence blocks
 
     def length_range(self, step: int, total_steps: int) -> tuple[int, int]:
         if step < self.hold_steps:
@@ -79,7 +91,7 @@ def training_sample(curriculum: Curriculum, tokenizer, target_length: int, rng: 
     single = rng.random() < curriculum.single_turn_probability or n < 2
     spec = get_task(curriculum.task, num_keys=n, num_queries=n, split="all" if single else "balanced")
     draw = _Draw(spec, rng.getrandbits(63))
-    units = max(0, (target_length - OVERHEAD_TOKENS - NEEDLE_TOKENS * n) // NEEDLE_TOKENS)
+    units = max(0, (target_length - OVERHEAD_TOKENS - NEEDLE_TOKENS * n) // UNIT_TOKENS[spec.haystack])
     prompt, needles = _assemble(draw, units, 1.0, 1.0)
     return Sample(spec.name, target_length, 0, draw.seed, prompt, _turns(draw, needles), needles, spec.haystack, units)
 
@@ -89,13 +101,60 @@ def echo_sequence(sample: Sample, tokenizer, rng: random.Random) -> tuple[list[i
     the values of the second listing carry the loss."""
     ids = encode(tokenizer, sample.prompt)
     mask = [0.0] * len(ids)
-    lines = [line for line in sample.prompt.splitlines() if line.startswith("One of the special magic")]
+    # Needles anywhere in the context (a noise haystack joins them inline with spaces).
+    lines = NEEDLE_PATTERN.findall(sample.prompt)
     rng.shuffle(lines)
-    for line in lines:
-        head, value = line.rsplit(" ", 1)
-        part, target = encode(tokenizer, head + " "), encode(tokenizer, value + "\n")
+    for head, value in lines:
+        part, target = encode(tokenizer, "\n" + head + " "), encode(tokenizer, value + ".")
         ids += part + target
         mask += [0.0] * len(part) + [1.0] * len(target)
+    return ids, mask
+
+
+def pair_recall_sequence(tokenizer, rng: random.Random, pairs: int, filler: float = 0.0) -> tuple[list[int], list[float]]:
+    """Dense associative recall in the needles' own local pattern: `pairs` lines "key is: value."
+    (noise sentences between them with probability `filler`), then the same lines shuffled,
+    whose values are the targets. The lookup the answers need ("key is: " -> the digits that
+    followed it) gets ~25% of the tokens as targets instead of ~1% in a long conversation."""
+    keys = rng.sample(word_list(), pairs)
+    values = [make_value("numbers", rng, 4) for _ in keys]
+    noise = NOISE.split(". ")
+    text = ""
+    for key, value in zip(keys, values):
+        if rng.random() < filler:
+            text += " " + ". ".join(noise[: rng.randint(1, len(noise))]).rstrip(".") + "."
+        text += f" {key} is: {value}."
+    ids = encode(tokenizer, text.strip() + "\n")
+    mask = [0.0] * len(ids)
+    order = list(range(pairs))
+    rng.shuffle(order)
+    for i in order:
+        part, target = encode(tokenizer, f" {keys[i]} is: "), encode(tokenizer, f"{values[i]}.")
+        ids += part + target
+        mask += [0.0] * len(part) + [1.0] * len(target)
+    return ids, mask
+
+
+def key_copy_sequence(tokenizer, rng: random.Random, blocks: int = 6) -> tuple[list[int], list[float | None]]:
+    """Question/answer blocks with no context: each question names 1-4 keys and the mirror answer
+    repeats them in order. Only the answer's keys are targets (their values are unknown here and
+    carry no loss): dense practice of bringing the question's keys to the answer, which whole
+    conversations teach too rarely for the model to pick up."""
+    ids: list[int] = []
+    mask: list[float | None] = []
+    for b in range(blocks):
+        keys = rng.sample(word_list(), rng.choice((1, 2, 2, 3, 4)))
+        question = (PLAIN_TURN_SEPARATOR if b else "") + QUESTION.format(type_value="numbers", query=join_queries(keys))
+        part = encode(tokenizer, question + ANSWER_PREFIX.format(type_value="numbers", query=join_queries(keys)))
+        ids += part
+        mask += [0.0] * len(part)
+        for i, key in enumerate(keys):
+            k = encode(tokenizer, ("," if i else "") + f" {key}")
+            v = encode(tokenizer, f" is: {make_value('numbers', rng, 4)}")
+            ids += k + v
+            mask += [0.0] * (len(k) - 1) + [1.0] + [None] * len(v)
+        ids += encode(tokenizer, ".")
+        mask += [0.0]
     return ids, mask
 
 
@@ -107,6 +166,14 @@ def training_batch(curriculum: Curriculum, tokenizer, step: int, total_steps: in
     answer_format = curriculum.answer_format or get_task(curriculum.task).answer_format
     rows = []
     for _ in range(max(1, tokens_per_step // target)):
+        if rng.random() < curriculum.key_copy_fraction:
+            ids, mask = key_copy_sequence(tokenizer, rng)
+            rows.append((ids, [0.0 if m is None else 1.0 if m else curriculum.other_weight for m in mask]))
+            continue
+        if rng.random() < curriculum.pairs_fraction:
+            ids, mask = pair_recall_sequence(tokenizer, rng, rng.choice(curriculum.pair_counts), curriculum.pair_filler)
+            rows.append((ids, [1.0 if m else curriculum.other_weight for m in mask]))
+            continue
         sample = training_sample(curriculum, tokenizer, target, rng, step)
         if rng.random() < curriculum.echo_fraction:
             ids, mask = echo_sequence(sample, tokenizer, rng)

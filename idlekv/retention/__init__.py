@@ -1,11 +1,27 @@
 """Retention rules: score context rows, keep a budget. One file per rule, registered by name."""
 
+from idlekv.retention.adakv import AdaKV
+from idlekv.retention.arkv import ARKV
 from idlekv.retention.base import BudgetError, RetentionInputs, RetentionRule
+from idlekv.retention.h2o import H2O
 from idlekv.retention.keep_all import KeepAll
+from idlekv.retention.keydiff import KeyDiff
+from idlekv.retention.knorm import Knorm
+from idlekv.retention.kvmirror import KVMirrorHybrid
+from idlekv.retention.probe import LearnedRelevance
+from idlekv.retention.pyramidkv import PyramidKV
+from idlekv.retention.random_rule import RandomRule
+from idlekv.retention.recent_window import RecentWindow
+from idlekv.retention.scissorhands import Scissorhands
 from idlekv.retention.snapkv import SnapKV
 from idlekv.retention.streaming_llm import StreamingLLM
+from idlekv.retention.tova import TOVA
 
-RULES: dict[str, type[RetentionRule]] = {cls.name: cls for cls in (KeepAll, SnapKV, StreamingLLM)}
+RULES: dict[str, type[RetentionRule]] = {
+    cls.name: cls
+    for cls in (ARKV, KeepAll, RecentWindow, StreamingLLM, H2O, Scissorhands, SnapKV, TOVA, Knorm, KeyDiff, RandomRule, KVMirrorHybrid,
+                LearnedRelevance, PyramidKV, AdaKV)
+}
 
 
 def build_rule(name: str, **options) -> RetentionRule:
@@ -16,4 +32,5 @@ def build_rule(name: str, **options) -> RetentionRule:
     return cls(**options)
 
 
-__all__ = ["RULES", "BudgetError", "KeepAll", "RetentionInputs", "RetentionRule", "SnapKV", "StreamingLLM", "build_rule"]
+__all__ = ["ARKV", "AdaKV", "PyramidKV", "H2O", "RULES", "TOVA", "BudgetError", "KVMirrorHybrid", "KeepAll", "LearnedRelevance", "KeyDiff", "Knorm", "RandomRule", "RecentWindow",
+           "RetentionInputs", "RetentionRule", "Scissorhands", "SnapKV", "StreamingLLM", "build_rule"]

@@ -26,7 +26,9 @@ class RetentionInputs:
     window_queries[l]: (query_heads, w, head_dim) post-RoPE queries of the observation
     window (e.g. the turn-1 question or answer), or None for query-agnostic rules;
     window_positions: (w,) positions of those queries; context_length: rows at positions
-    [0, context_length) are the context the budget applies to.
+    [0, context_length) are the context the budget applies to; prefill_queries[l]:
+    (query_heads, context_length, head_dim) post-RoPE queries of every context token, given
+    only to rules with `needs_prefill_queries` (H2O, Scissorhands).
     """
 
     keys: list[torch.Tensor]
@@ -34,6 +36,7 @@ class RetentionInputs:
     window_queries: list[torch.Tensor] | None
     window_positions: torch.Tensor | None
     context_length: int
+    prefill_queries: list[torch.Tensor] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -49,30 +52,40 @@ class RetentionRule:
 
     name = "base"
     needs_window = False
+    needs_prefill_queries = False
 
     def score(self, inputs: RetentionInputs) -> torch.Tensor:
         """(layers, kv_heads, context_length) scores of the context rows, by position."""
         raise NotImplementedError
 
-    def select(self, scores: torch.Tensor, budget: int) -> torch.Tensor:
-        """(layers, kv_heads, budget) context positions to keep, ascending."""
-        layers, heads, n = scores.shape
+    def check_budget(self, budget: int, n: int) -> None:
         if budget > n:
             raise BudgetError(f"budget {budget} is larger than the context ({n} rows)")
         protected = min(self.sinks, n) + min(self.recent, max(0, n - self.sinks))
         if budget < protected:
             raise BudgetError(f"budget {budget} is smaller than the {self.sinks} sinks + {self.recent} recent rows it must keep")
+
+    def ranking(self, scores: torch.Tensor) -> torch.Tensor:
+        """(layers, kv_heads, n) context positions, best first: sinks and the recent window, then by score."""
+        n = scores.shape[-1]
         forced = torch.zeros(n, dtype=torch.bool)
         forced[: self.sinks] = True
         forced[max(self.sinks, n - self.recent) :] = True
         ranked = scores.float().masked_fill(forced.to(scores.device), float("inf"))
         # A stable sort breaks ties (pooling makes many) by position, so the top B+K rows
         # always contain the top B: "Matched" at B+K is B plus the next K in this order.
-        return ranked.argsort(dim=-1, descending=True, stable=True)[..., :budget].sort(dim=-1).values
+        return ranked.argsort(dim=-1, descending=True, stable=True)
+
+    def select(self, scores: torch.Tensor, budget: int) -> torch.Tensor:
+        """(layers, kv_heads, budget) context positions to keep, ascending."""
+        self.check_budget(budget, scores.shape[-1])
+        return self.ranking(scores)[..., :budget].sort(dim=-1).values
 
     def keep(self, inputs: RetentionInputs, budget: int) -> torch.Tensor:
         if self.needs_window and inputs.window_queries is None:
             raise ValueError(f"{self.name} needs an observation window (window queries)")
+        if self.needs_prefill_queries and inputs.prefill_queries is None:
+            raise ValueError(f"{self.name} needs the prefill's queries (capture them during the prefill)")
         return self.select(self.score(inputs), budget)
 
 

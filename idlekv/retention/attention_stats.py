@@ -1,0 +1,50 @@
+"""Attention statistics that several rules share: window attention, and the attention of
+every prefill query, streamed in chunks so that memory stays (chunk x rows) per head."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+def window_attention(queries: torch.Tensor, keys: torch.Tensor, key_positions: torch.Tensor, query_positions: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of queries over a head's rows.
+
+    queries (query_heads, w, d); keys (kv_heads, rows, d); key_positions (kv_heads, rows);
+    query_positions (w,). Returns (query_heads, w, rows); a query sees rows at positions <= its own.
+    """
+    group = queries.shape[0] // keys.shape[0]
+    k = keys.repeat_interleave(group, dim=0).float()
+    logits = queries.float() @ k.transpose(-1, -2) * queries.shape[-1] ** -0.5
+    pos = key_positions.repeat_interleave(group, dim=0)
+    visible = pos[:, None, :] <= query_positions.to(pos.device)[None, :, None]
+    return torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1)
+
+
+def attention_chunks(queries: torch.Tensor, keys: torch.Tensor, key_positions: torch.Tensor,
+                     query_positions: torch.Tensor, chunk: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(attention (query_heads, c, rows), visible (query_heads, c, rows)) for chunks of queries."""
+    group = queries.shape[0] // keys.shape[0]
+    pos = key_positions.repeat_interleave(group, dim=0)
+    for start in range(0, queries.shape[1], chunk):
+        q_pos = query_positions[start : start + chunk].to(pos.device)
+        attn = window_attention(queries[:, start : start + chunk], keys, key_positions, q_pos)
+        yield attn, pos[:, None, :] <= q_pos[None, :, None]
+
+
+def group_mean(values: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """(query_heads, ...) -> (kv_heads, ...): the mean over each GQA group."""
+    return values.reshape(kv_heads, -1, *values.shape[1:]).mean(dim=1)
+
+
+def pool_positions(scores: torch.Tensor, kernel: int, mode: str = "max") -> torch.Tensor:
+    """Smooth (heads, positions) scores along positions with a 1-D kernel (odd), keeping the length."""
+    if kernel <= 1:
+        return scores
+    x, pad = scores[:, None, :], kernel // 2
+    if mode == "max":
+        return torch.nn.functional.max_pool1d(x, kernel, stride=1, padding=pad)[:, 0]
+    if mode == "avg":
+        return torch.nn.functional.avg_pool1d(x, kernel, stride=1, padding=pad, count_include_pad=False)[:, 0]
+    raise ValueError(f"pooling {mode!r} not in ('max', 'avg')")
