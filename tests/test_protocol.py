@@ -125,11 +125,14 @@ def test_batched_resume_equals_one_at_a_time(setup):
     assert together == alone
 
 
-def test_exact_scores_stream_in_chunks_and_match_a_direct_softmax():
+@pytest.mark.parametrize("dropped", [False, True])  # every warm slot present (sliced) / some dropped (gathered)
+def test_exact_scores_stream_in_chunks_and_match_a_direct_softmax(dropped):
     gen = torch.Generator().manual_seed(0)
     keys = [torch.randn(1, 2, 50, 8, generator=gen) for _ in range(2)]
     cache = TieredCache.from_tensors(keys, [k.clone() for k in keys])
     cache.compress(torch.arange(0, 50, 3))
+    if dropped:
+        cache.drop_warm([torch.tensor([[1, 5], [2, 9]])] * 2)
     queries = [torch.randn(4, 5, 8, generator=gen) for _ in range(2)]
     chunked, whole = score_rows(cache, queries, chunk_rows=7), score_rows(cache, queries, chunk_rows=10_000)
     layer = 1

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/embedded")
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--length", type=int, default=2048)
+    parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--base-seed", type=int, default=2, help="held out: training draws from its own seed stream")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--out", default="saved_results/embedded_model_check.csv")

@@ -1,5 +1,5 @@
 """Train the embedded model (`make tiny-model`): a small Llama (GQA, RoPE) on ruler's
-distractor-needle MQ-NIAH conversations, with the project's own tokenizer.
+MQ-NIAH conversations (noise haystack), with the project's own tokenizer, in stages (configs/embedded/).
 
 Seeded and resumable: a checkpoint is written every `checkpoint_every` steps to the work
 directory; rerunning the same command continues from it. The finished model is saved in

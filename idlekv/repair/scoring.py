@@ -42,9 +42,16 @@ def _grouped_logits(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 def _warm_key_chunks(cache: TieredCache, layer: int, slots: torch.Tensor, chunk_rows: int, device, dtype):
     stored = cache.warm._k[layer]
     on_cuda = torch.device(device).type == "cuda"
+    # Every slot present, in order (the usual case right after a compression): chunks are
+    # slices of the storage, so no row is copied to gather them.
+    in_order = bool((slots == torch.arange(slots.shape[-1], device=slots.device)).all())
     for start in range(0, slots.shape[-1], chunk_rows):
-        idx = slots[None, :, start : start + chunk_rows]
-        part = QuantizedRows(gather_rows(stored.data, idx), None if stored.scale is None else gather_rows(stored.scale, idx))
+        if in_order:
+            end = min(start + chunk_rows, slots.shape[-1])
+            part = QuantizedRows(stored.data[:, :, start:end], None if stored.scale is None else stored.scale[:, :, start:end])
+        else:
+            idx = slots[None, :, start : start + chunk_rows]
+            part = QuantizedRows(gather_rows(stored.data, idx), None if stored.scale is None else gather_rows(stored.scale, idx))
         yield dequantize(part.to(device, non_blocking=on_cuda, pin=on_cuda), dtype)[0]
 
 
