@@ -78,3 +78,27 @@ def test_a_run_can_start_from_another_runs_weights(tmp_path):
     name = "model.layers.0.self_attn.q_proj.weight"
     assert torch.equal(exported[name], source[name])
     assert not torch.equal(fresh[name], source[name])
+
+
+def test_auxiliary_rows_target_what_they_say():
+    import random
+
+    from idlekv.embedded.data import echo_sequence, key_copy_sequence, pair_recall_sequence
+
+    tok = build_tokenizer()
+    # Recall listings find needles joined inline by a noise haystack; targets are their values.
+    sample = generate("mq_niah_4q_embedded", 512, 0, tok)
+    ids, mask = echo_sequence(sample, tok, random.Random(0))
+    targets = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert sorted(targets.rstrip(".").split(".")) == sorted(n.value for n in sample.needles)
+    # Pair recall: the second listing's values (and their full stops) are the only targets.
+    ids, mask = pair_recall_sequence(tok, random.Random(1), 5, filler=1.0)
+    assert "The grass is green." in tok.decode(ids) and sum(mask) == 5 * 5
+    # Key copy: the answer's keys are the targets; their made-up values carry no loss (None).
+    ids, mask = key_copy_sequence(tok, random.Random(2), blocks=3)
+    text = tok.decode(ids)
+    keys = [tok.decode([i]).strip() for i, m in zip(ids, mask) if m == 1.0]
+    assert all(f"{k} is:" in text for k in keys) and None in mask
+    cur = Curriculum(pairs_fraction=0.5, key_copy_fraction=0.3, pair_counts=(3,))
+    x, w = training_batch(cur, tok, 3, 100, 2048, seed=0)
+    assert (w > 0).any() and x.shape == w.shape

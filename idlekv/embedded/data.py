@@ -1,9 +1,12 @@
 """Training batches for the embedded model, drawn from ruler's generators.
 
-Each training sequence is a whole conversation as the model will see it at evaluation:
-prompt, turn 1 (question + answer prefix), the gold answer, turn 2, its gold answer, EOS.
-Answer tokens carry loss weight 1, everything else a small weight. Batch t is a pure
-function of (seed, t), so a resumed run sees exactly the batches it would have seen.
+A training row is one of: a whole conversation as the model sees it at evaluation (prompt,
+turn 1, its gold answer, turn 2, its gold answer, EOS); a recall listing of the context's
+needles (echo_sequence); dense "key is: value" pair recall (pair_recall_sequence); or
+question/answer blocks that practise bringing the question's keys into the answer
+(key_copy_sequence); the Curriculum sets their shares. Targets carry loss weight 1,
+everything else a small weight. Batch t is a pure function of (seed, t), so a resumed run
+sees exactly the batches it would have seen.
 """
 
 from __future__ import annotations
@@ -15,12 +18,11 @@ from dataclasses import dataclass
 import torch
 
 from ruler.generation import _assemble, _Draw, _turns
-from ruler.render import encode, render
+from ruler.keys import make_value, word_list
+from ruler.render import PLAIN_TURN_SEPARATOR, encode, render
 from ruler.sample import Sample
 from ruler.seeding import sample_seed
-from ruler.keys import make_value, word_list
 from ruler.tasks import get_task
-from ruler.render import PLAIN_TURN_SEPARATOR
 from ruler.templates import ANSWER_PREFIX, NOISE, QUESTION, join_queries
 
 NEEDLE_PATTERN = re.compile(r"(One of the special magic \w+ for \S+ is:) (\S+)\.")
