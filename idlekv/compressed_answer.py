@@ -31,7 +31,7 @@ class CompressedQuestion:
 
     @torch.no_grad()
     def __init__(self, model, tokenizer, sample: Sample, query_aware: bool, agnostic_window: int = 16,
-                 max_new_tokens: int = 32, stop_ids: set[int] | None = None):
+                 max_new_tokens: int = 32, stop_ids: set[int] | None = None, prefill_queries: bool = True):
         self.model, self.tokenizer, self.sample, self.max_new_tokens = model, tokenizer, sample, max_new_tokens
         self.stop_ids = stop_token_ids(tokenizer) if stop_ids is None else stop_ids
         rendered = render(sample, tokenizer)
@@ -39,15 +39,20 @@ class CompressedQuestion:
         self.context_tokens = n = len(prompt)
         head = prompt + (question[:-1] if query_aware else [])
         device = next(model.parameters()).device
-        with capture_queries(model) as cap:
+        window = slice(n, len(head)) if query_aware and len(head) > n else slice(max(0, n - agnostic_window), n)
+        # Every prefill query only for rules that read them (H2O, Scissorhands): at long
+        # contexts they outweigh the cache; otherwise just the window's, which end the prefill.
+        last_n = None if prefill_queries else len(head) - window.start
+        with capture_queries(model, last_n=last_n) as cap:
             out = model(torch.tensor([head], device=device), use_cache=True)
         self.root = TieredCache.from_hf(out.past_key_values)
         layers = self.root.num_layers
         queries = [cap.queries[layer][0] for layer in range(layers)]
-        window = slice(n, len(head)) if query_aware and len(head) > n else slice(max(0, n - agnostic_window), n)
+        offset = 0 if prefill_queries else window.start
         self.inputs = RetentionInputs([self.root.active.keys(i)[0] for i in range(layers)],
                                       [self.root.active.positions(i)[0] for i in range(layers)],
-                                      [q[:, window] for q in queries], torch.arange(len(head))[window], n, [q[:, :n] for q in queries])
+                                      [q[:, window.start - offset : window.stop - offset] for q in queries], torch.arange(len(head))[window], n,
+                                      [q[:, :n] for q in queries] if prefill_queries else None)
         self.rest = question[-1:] if query_aware else question
 
     @torch.no_grad()

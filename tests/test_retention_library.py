@@ -228,3 +228,4 @@ def test_learned_relevance_keeps_what_its_probe_scores_highest(tmp_path):
     assert row_features(x, 0).shape == (1, 8, f)
     with pytest.raises(FileNotFoundError, match="make probe"):
         LearnedRelevance(path=str(tmp_path / "missing.pt"))
+

@@ -62,7 +62,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         if not todo:
             continue
         sample = generate(task.name, int(length), index, lm.tokenizer, phase.base_seed, **OmegaConf.to_container(task.options))
-        setup = CompressedQuestion(lm.model, lm.tokenizer, sample, mode == "aware", phase.agnostic_window, phase.max_new_tokens)
+        setup = CompressedQuestion(lm.model, lm.tokenizer, sample, mode == "aware", phase.agnostic_window, phase.max_new_tokens,
+                                   prefill_queries=any(rules[name].needs_prefill_queries for name in todo))
         for name, fs in todo.items():
             chosen = [(float(f), setup.row_budget(rules[name], f, floor)) for f in fs] if name != "keep_all" else [(1.0, setup.context_tokens)]
             for (fraction, _), row in zip(chosen, setup.answers(rules[name], [b for _, b in chosen])):

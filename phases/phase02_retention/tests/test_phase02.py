@@ -2,6 +2,7 @@
 
 import pandas as pd
 import pytest
+import torch
 
 from idlekv.config import compose
 from phases.phase02_retention.run import run
@@ -62,3 +63,20 @@ def test_phase02_reads_the_probe_trained_for_the_model(tiny_model_dir, tmp_path)
     ])
     summary = pd.read_csv(run(cfg, tmp_path / "run"))
     assert set(summary["rule"]) == {"learned_relevance", "keep_all"}
+
+
+def test_compressed_question_keeps_prefill_queries_only_when_asked(tiny_model_dir):
+    from idlekv.compressed_answer import CompressedQuestion
+    from idlekv.models import load_model
+    from idlekv.retention import SnapKV
+    from ruler import generate
+
+    lm = load_model(tiny_model_dir, device="cpu")
+    sample = generate("mq_niah_4q_embedded", 256, 0, lm.tokenizer, split="all")
+    for aware in (True, False):
+        full = CompressedQuestion(lm.model, lm.tokenizer, sample, aware, max_new_tokens=2)
+        lean = CompressedQuestion(lm.model, lm.tokenizer, sample, aware, max_new_tokens=2, prefill_queries=False)
+        assert lean.inputs.prefill_queries is None and full.inputs.prefill_queries[0].shape[1] == full.context_tokens
+        assert all(torch.equal(a, b) for a, b in zip(full.inputs.window_queries, lean.inputs.window_queries))
+        rule = SnapKV(sinks=4, recent=8)
+        assert [r["answer"] for r in full.answers(rule, [64])] == [r["answer"] for r in lean.answers(rule, [64])]
