@@ -135,7 +135,7 @@ def heldout_set(cfg: TrainConfig, tokenizer, length: int = 1024):
     return [generate(cfg.curriculum.task, length, i, tokenizer, base_seed=10**6) for i in range(cfg.eval_samples)]
 
 
-RUN_ONLY_FIELDS = ("max_minutes", "threads", "eval_every", "checkpoint_every", "stop_after")  # do not change what is learned
+RUN_ONLY_FIELDS = ("max_minutes", "threads", "eval_every", "checkpoint_every", "stop_after", "out_dir", "work_dir")  # do not change what is learned
 
 
 def identity(cfg: TrainConfig) -> dict:
