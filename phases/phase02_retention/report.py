@@ -27,20 +27,24 @@ def write_figure(summary: pd.DataFrame, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     panels = list(dict.fromkeys(zip(summary["task"], summary["mode"])))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), sharey=True, squeeze=False)
+    rules = sorted(set(summary["rule"]) - {"keep_all"})
+    # 15+ rules: 20 colours and alternating markers keep every line its own.
+    style = {rule: (plt.cm.tab20(i % 20), "osv^D"[i % 5]) for i, rule in enumerate(rules)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.6, 3.8), sharey=True, squeeze=False)
     for ax, (task, mode) in zip(axes[0], panels):
         part = summary[(summary["task"] == task) & (summary["mode"] == mode)]
         full = part[part["rule"] == "keep_all"]["accuracy"]
         if len(full):
             ax.axhline(float(full.iloc[0]), color="black", linestyle="--", linewidth=1, label="full cache")
         for rule, line in part[part["rule"] != "keep_all"].groupby("rule"):
-            ax.plot(line["budget_fraction"], line["accuracy"], marker="o", markersize=3, label=rule)
+            color, marker = style[rule]
+            ax.plot(line["budget_fraction"], line["accuracy"], color=color, marker=marker, markersize=4, label=rule)
         ax.set_title(f"{task}, query-{mode}")
         ax.set_xlabel("context rows kept (fraction)")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("gold values recovered")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
