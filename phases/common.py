@@ -23,6 +23,19 @@ def load_phase_model(cfg: DictConfig, phase: str) -> LoadedModel:
     return lm
 
 
+def publish(store, run_dir: Path, phase, summarize: Callable, write_figure: Callable) -> Path:
+    """Rebuild a phase's summary CSV (saved_results/) and figure (paper/figures/) from all its rows."""
+    summary = summarize(store.to_frame())
+    csv = ROOT / phase.csv
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(csv, index=False)
+    store.write_csv(run_dir / "rows.csv")
+    write_figure(summary, ROOT / phase.figure)
+    print(summary.to_string(index=False))
+    print(f"wrote {csv} and {phase.figure}")
+    return csv
+
+
 def phase_main(run: Callable[[DictConfig, Path], object], module: str, experiment: str):
     """A Hydra entry point that runs `run(cfg, output_dir)` for an experiment config."""
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from idlekv.environment import environment
 from idlekv.evaluation import answer_sample
 from idlekv.results import ResultStore
-from phases.common import ROOT, load_phase_model, phase_main
+from phases.common import load_phase_model, phase_main, publish
 from phases.phase01_full_cache.report import summarize, write_figure
 from ruler import generate
 from ruler.generation import LengthError
@@ -65,16 +65,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         row["prompt_tokens"] = sample.prompt_tokens
         row["seconds"] = round(time.perf_counter() - start, 4)
         store.append(row)
-    frame = store.to_frame()
-    csv = ROOT / phase.csv
-    summary = summarize(frame)
-    csv.parent.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(csv, index=False)
-    store.write_csv(run_dir / "rows.csv")
-    write_figure(summary, ROOT / phase.figure)
-    print(summary.to_string(index=False))
-    print(f"wrote {csv} and {phase.figure}")
-    return csv
+    return publish(store, run_dir, phase, summarize, write_figure)
 
 
 main = phase_main(run, "phases.phase01_full_cache.run", "phase01_full_cache")

@@ -18,7 +18,7 @@ from idlekv.config import CONFIG_DIR
 from idlekv.environment import environment
 from idlekv.results import ResultStore
 from idlekv.retention import build_rule
-from phases.common import ROOT, load_phase_model, phase_main
+from phases.common import ROOT, load_phase_model, phase_main, publish
 from phases.phase02_retention.report import summarize, write_figure
 from ruler import generate
 
@@ -68,16 +68,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
             chosen = [(float(f), setup.row_budget(rules[name], f, floor)) for f in fs] if name != "keep_all" else [(1.0, setup.context_tokens)]
             for (fraction, _), row in zip(chosen, setup.answers(rules[name], [b for _, b in chosen])):
                 store.append({**cell, "rule": name, "budget_fraction": fraction, **row})
-    frame = store.to_frame()
-    summary = summarize(frame)
-    csv = ROOT / phase.csv
-    csv.parent.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(csv, index=False)
-    store.write_csv(run_dir / "rows.csv")
-    write_figure(summary, ROOT / phase.figure)
-    print(summary.to_string(index=False))
-    print(f"wrote {csv} and {phase.figure}")
-    return csv
+    return publish(store, run_dir, phase, summarize, write_figure)
 
 
 main = phase_main(run, "phases.phase02_retention.run", "phase02_retention")
