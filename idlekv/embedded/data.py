@@ -56,6 +56,9 @@ class Curriculum:
     pair_counts: tuple[int, ...] = (4, 8, 16)
     pair_filler: float = 0.0
     key_copy_fraction: float = 0.0  # this share of rows are key_copy_sequence blocks
+    # Needles that no turn asks about, added to a conversation (drawn per sample), so that
+    # questions ask a subset of the context's keys as the split turns do.
+    distractor_counts: tuple[int, ...] = (0,)
 
     def length_range(self, step: int, total_steps: int) -> tuple[int, int]:
         if step < self.hold_steps:
@@ -91,9 +94,10 @@ def conversation(sample: Sample, tokenizer, answer_format: str) -> tuple[list[in
 def training_sample(curriculum: Curriculum, tokenizer, target_length: int, rng: random.Random, step: int = 10**9) -> Sample:
     n = rng.choice(curriculum.needle_choices(step))
     single = rng.random() < curriculum.single_turn_probability or n < 2
-    spec = get_task(curriculum.task, num_keys=n, num_queries=n, split="all" if single else "balanced")
+    extra = rng.choice(curriculum.distractor_counts)
+    spec = get_task(curriculum.task, num_keys=n + extra, num_queries=n, split="all" if single else "balanced")
     draw = _Draw(spec, rng.getrandbits(63))
-    units = max(0, (target_length - OVERHEAD_TOKENS - NEEDLE_TOKENS * n) // UNIT_TOKENS[spec.haystack])
+    units = max(0, (target_length - OVERHEAD_TOKENS - NEEDLE_TOKENS * (n + extra)) // UNIT_TOKENS[spec.haystack])
     prompt, needles = _assemble(draw, units, 1.0, 1.0)
     return Sample(spec.name, target_length, 0, draw.seed, prompt, _turns(draw, needles), needles, spec.haystack, units)
 

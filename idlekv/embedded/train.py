@@ -60,7 +60,7 @@ class TrainConfig:
             raise ValueError(f"unknown training options {unknown}")
         if "curriculum" in d and isinstance(d["curriculum"], dict):
             cur = dict(d["curriculum"])
-            for key in ("needle_counts", "hold_needle_counts", "pair_counts"):
+            for key in ("needle_counts", "hold_needle_counts", "pair_counts", "distractor_counts"):
                 if key in cur:
                     cur[key] = tuple(cur[key])
             d["curriculum"] = Curriculum(**cur)
