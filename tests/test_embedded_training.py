@@ -102,3 +102,15 @@ def test_auxiliary_rows_target_what_they_say():
     cur = Curriculum(pairs_fraction=0.5, key_copy_fraction=0.3, pair_counts=(3,))
     x, w = training_batch(cur, tok, 3, 100, 2048, seed=0)
     assert (w > 0).any() and x.shape == w.shape
+
+
+def test_distractor_needles_are_in_the_context_but_never_asked():
+    import random
+
+    from idlekv.embedded.data import training_sample
+
+    tok = build_tokenizer()
+    cur = Curriculum(needle_counts=(2,), distractor_counts=(3,), single_turn_probability=1.0)
+    sample = training_sample(cur, tok, 600, random.Random(0))
+    asked = {k for turn in sample.turns for k in turn.keys}
+    assert len(sample.needles) == 5 and len(asked) == 2
