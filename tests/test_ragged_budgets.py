@@ -6,8 +6,7 @@ import torch
 
 from idlekv.cache.row_mask import padded_selection, row_masks
 from idlekv.retention import AdaKV, PyramidKV
-from tests.reference_attention import masked_rows
-from tests.test_retention_library import CONTEXT, WINDOW, turn_one_inputs
+from tests.test_retention_library import CONTEXT, WINDOW, full_cache_without, turn_one_inputs
 
 
 def test_pyramid_budgets_shrink_with_depth_and_average_the_budget():
@@ -44,16 +43,5 @@ def test_masked_padding_equals_the_full_cache_without_the_evicted_rows(tiny_mode
     new = token_ids[:, CONTEXT + WINDOW : CONTEXT + WINDOW + 2]
     with torch.no_grad(), row_masks(tiny_model, visible):
         out = tiny_model(new, past_key_values=cache.to_hf(), position_ids=cache.position_ids(2)).logits
-    masks = {}
-    for layer in range(cache.num_layers):
-        m = torch.ones(keep.shape[1], CONTEXT + WINDOW, dtype=torch.bool)
-        m[:, CONTEXT:] = False
-        for h in range(keep.shape[1]):
-            m[h, keep[layer, h][valid[layer, h]]] = False
-        masks[layer] = m
-    with torch.no_grad():
-        past = tiny_model(token_ids[:, : CONTEXT + WINDOW], use_cache=True).past_key_values
-        with masked_rows(tiny_model, masks):
-            reference = tiny_model(new, past_key_values=past).logits
-    assert torch.allclose(out, reference, atol=1e-4)
+    assert torch.allclose(out, full_cache_without(tiny_model, token_ids, keep, new, valid), atol=1e-4)
     assert tiny_model.config._attn_implementation == "sdpa"  # restored

@@ -61,17 +61,24 @@ def test_every_rule_compresses_and_continues(tiny_model, token_ids, name, tmp_pa
     with torch.no_grad():
         logits = tiny_model(new, past_key_values=cache.to_hf(), position_ids=cache.position_ids(new.shape[1])).logits
     # The compressed continuation is the full cache with the evicted rows masked out.
+    assert torch.allclose(logits, full_cache_without(tiny_model, token_ids, keep, new), atol=1e-4)
+
+
+def full_cache_without(model, token_ids, kept, new, valid=None):
+    """Logits of `new` over the full (context + window) cache with every context row outside
+    kept[l] (kv_heads, rows) masked out (only the `valid` entries of kept, when given)."""
     masks = {}
-    for layer in range(cache.num_layers):
-        m = torch.ones(keep.shape[1], CONTEXT + WINDOW, dtype=torch.bool)
+    for layer in range(len(kept)):
+        m = torch.ones(kept[layer].shape[0], CONTEXT + WINDOW, dtype=torch.bool)
         m[:, CONTEXT:] = False
-        m.scatter_(-1, keep[layer], False)
+        for h in range(kept[layer].shape[0]):
+            rows = kept[layer][h] if valid is None else kept[layer][h][valid[layer][h]]
+            m[h, rows] = False
         masks[layer] = m
     with torch.no_grad():
-        past = tiny_model(token_ids[:, : CONTEXT + WINDOW], use_cache=True).past_key_values
-        with masked_rows(tiny_model, masks):
-            reference = tiny_model(new, past_key_values=past).logits
-    assert torch.allclose(logits, reference, atol=1e-4)
+        past = model(token_ids[:, : CONTEXT + WINDOW], use_cache=True).past_key_values
+        with masked_rows(model, masks):
+            return model(new, past_key_values=past).logits
 
 
 def constructed(keys, queries=None, prefill=None, n=None):

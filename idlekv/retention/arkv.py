@@ -86,8 +86,10 @@ class ARKV(RetentionRule):
         return oq / oq.max().clamp_min(1e-20)
 
     def plan(self, inputs: RetentionInputs, budget: int) -> ARKVPlan:
-        keep = self.keep(inputs, budget)
+        if inputs.window_queries is None:
+            raise ValueError(f"{self.name} needs an observation window (window queries)")
         scores = self.score(inputs)
+        keep = self.select(scores, budget)
         shares = self.layer_shares(inputs)
         layers, heads, _ = keep.shape
         full = torch.zeros_like(keep, dtype=torch.bool)
