@@ -23,6 +23,18 @@ def load_phase_model(cfg: DictConfig, phase: str) -> LoadedModel:
     return lm
 
 
+def rule_for_model(options: dict, model_path: str):
+    """A retention rule from its config options (name + fields; `window` is the engine's); a
+    learned probe without a path is the one trained for the model (<model>/relevance_probe.pt)."""
+    from idlekv.retention import build_rule
+
+    options = {k: v for k, v in options.items() if k != "window"}
+    name = options.pop("name")
+    if name == "learned_relevance" and options.get("path") is None:
+        options["path"] = str(ROOT / model_path / "relevance_probe.pt")
+    return build_rule(name, **options)
+
+
 def publish(store, run_dir: Path, phase, summarize: Callable, write_figure: Callable) -> Path:
     """Rebuild a phase's summary CSV (saved_results/) and figure (paper/figures/) from all its rows."""
     summary = summarize(store.to_frame())

@@ -17,8 +17,7 @@ from idlekv.compressed_answer import CompressedQuestion
 from idlekv.config import CONFIG_DIR
 from idlekv.environment import environment
 from idlekv.results import ResultStore
-from idlekv.retention import build_rule
-from phases.common import ROOT, load_phase_model, phase_main, publish
+from phases.common import load_phase_model, phase_main, publish, rule_for_model
 from phases.phase02_retention.report import summarize, write_figure
 from ruler import generate
 
@@ -27,19 +26,14 @@ MODES = ("aware", "agnostic")
 
 
 def rule_from_config(name: str, rule_options, model_path: str) -> object:
-    """The rule's own config file (configs/retention/<name>.yaml), with the phase's sinks/recent;
-    a learned probe defaults to the one trained for the model (<model>/relevance_probe.pt)."""
+    """The rule's own config file (configs/retention/<name>.yaml), with the phase's sinks/recent."""
     path = Path(CONFIG_DIR) / "retention" / f"{name}.yaml"
     if not path.is_file():
         raise SystemExit(f"unknown rule {name!r}: no {path}")
     options = OmegaConf.to_container(OmegaConf.load(path))
-    rule_name = options.pop("name")
-    options.pop("window", None)
-    if rule_name != "keep_all":
+    if options["name"] != "keep_all":
         options.update(OmegaConf.to_container(rule_options))
-    if rule_name == "learned_relevance" and options.get("path") is None:
-        options["path"] = str(ROOT / model_path / "relevance_probe.pt")
-    return build_rule(rule_name, **options)
+    return rule_for_model(options, model_path)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:

@@ -16,8 +16,7 @@ from idlekv.environment import environment
 from idlekv.protocol import Condition, EngineConfig, RepairEngine
 from idlekv.results import ResultStore
 from idlekv.tracking import make_logger
-from idlekv.retention import build_rule
-from phases.common import ROOT, load_phase_model, phase_main
+from phases.common import ROOT, load_phase_model, phase_main, rule_for_model
 from phases.phase03_repair.report import summarize, write_frontier
 from ruler import generate
 
@@ -45,8 +44,7 @@ def report(frame, config: dict) -> list[Path]:
 
 
 def engine_from_config(cfg: DictConfig, lm) -> RepairEngine:
-    retention = OmegaConf.to_container(cfg.retention)
-    rule = build_rule(retention.pop("name"), **{k: v for k, v in retention.items() if k != "window"})
+    rule = rule_for_model(OmegaConf.to_container(cfg.retention), cfg.model.path)
     repair = cfg.repair
     conditions = [Condition(**c) for c in OmegaConf.to_container(repair.conditions)]
     engine_cfg = EngineConfig(

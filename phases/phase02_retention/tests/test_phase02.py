@@ -80,3 +80,11 @@ def test_compressed_question_keeps_prefill_queries_only_when_asked(tiny_model_di
         assert all(torch.equal(a, b) for a, b in zip(full.inputs.window_queries, lean.inputs.window_queries))
         rule = SnapKV(sinks=4, recent=8)
         assert [r["answer"] for r in full.answers(rule, [64])] == [r["answer"] for r in lean.answers(rule, [64])]
+
+
+def test_phase03_reads_the_probe_trained_for_the_model_too(tmp_path):
+    from phases.common import rule_for_model
+
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "m" / "relevance_probe.pt")):
+        rule_for_model({"name": "learned_relevance", "window": "answer", "path": None}, str(tmp_path / "m"))
+    assert rule_for_model({"name": "snapkv", "window": "question", "sinks": 2}, "unused").sinks == 2
