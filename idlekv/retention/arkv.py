@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from idlekv.retention.attention_stats import group_mean, pool_positions, window_attention
-from idlekv.retention.base import RetentionInputs, RetentionRule, context_scores
+from idlekv.retention.attention_stats import pool_positions, window_attention, window_scores
+from idlekv.retention.base import RetentionInputs, RetentionRule
 
 QUANT_BYTES = {"fp8": 1, "int8": 1}
 SCALE_BYTES = 4  # one float32 scale per quantized row, for keys and for values
@@ -59,14 +59,11 @@ class ARKV(RetentionRule):
     needs_window = True
 
     def score(self, inputs: RetentionInputs) -> torch.Tensor:
-        per_layer = []
-        for layer in range(inputs.num_layers):
-            keys, positions = inputs.keys[layer], inputs.positions[layer]
-            attn = window_attention(inputs.window_queries[layer], keys, positions, inputs.window_positions)
-            heavy = attn.mean(dim=1) + self.gamma * attn.var(dim=1, unbiased=False)
-            scores = context_scores(group_mean(heavy, keys.shape[0]), positions, inputs.context_length).clamp_min(0.0)
-            per_layer.append(pool_positions(scores, self.kernel, "max"))
-        return torch.stack(per_layer)
+        def heavy(attn):  # mean + gamma x variance over the window's queries
+            return attn.mean(dim=1) + self.gamma * attn.var(dim=1, unbiased=False)
+
+        return torch.stack([pool_positions(window_scores(inputs, layer, heavy).clamp_min(0.0), self.kernel, "max")
+                            for layer in range(inputs.num_layers)])
 
     def layer_shares(self, inputs: RetentionInputs) -> torch.Tensor:
         """(layers,) each layer's share of full-precision rows: OQ / max OQ (1.0 everywhere if not tri-state)."""

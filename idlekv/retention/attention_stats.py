@@ -48,3 +48,18 @@ def pool_positions(scores: torch.Tensor, kernel: int, mode: str = "max") -> torc
     if mode == "avg":
         return torch.nn.functional.avg_pool1d(x, kernel, stride=1, padding=pad, count_include_pad=False)[:, 0]
     raise ValueError(f"pooling {mode!r} not in ('max', 'avg')")
+
+
+def window_scores(inputs, layer: int, reduce, last: int | None = None) -> torch.Tensor:
+    """(kv_heads, context_length): the observation window's attention over layer `layer`'s rows,
+    reduced over the window's queries by `reduce` ((query_heads, w, rows) -> (query_heads, rows)),
+    averaged over each GQA group, by context position (-inf where no row). `last` keeps only the
+    window's last queries."""
+    from idlekv.retention.base import context_scores
+
+    keys, positions = inputs.keys[layer], inputs.positions[layer]
+    queries, query_positions = inputs.window_queries[layer], inputs.window_positions
+    if last is not None:
+        queries, query_positions = queries[:, -last:], query_positions[-last:]
+    attn = reduce(window_attention(queries, keys, positions, query_positions))
+    return context_scores(group_mean(attn, keys.shape[0]), positions, inputs.context_length)

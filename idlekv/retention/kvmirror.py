@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from idlekv.retention.attention_stats import group_mean, window_attention
+from idlekv.retention.attention_stats import window_scores
 from idlekv.retention.base import RetentionInputs, RetentionRule, context_scores
 from idlekv.retention.keydiff import key_novelty
 
@@ -39,8 +39,7 @@ class KVMirrorHybrid(RetentionRule):
         per_layer = []
         for layer in range(inputs.num_layers):
             keys, positions = inputs.keys[layer], inputs.positions[layer]
-            attn = window_attention(inputs.window_queries[layer], keys, positions, inputs.window_positions).sum(dim=1)
-            attention = context_scores(group_mean(attn, keys.shape[0]), positions, inputs.context_length)
+            attention = window_scores(inputs, layer, lambda a: a.sum(dim=1))
             novelty = context_scores(key_novelty(keys, positions, inputs.context_length), positions, inputs.context_length)
             per_layer.append(self.attention_weight * unit_scale(attention) + self.novelty_weight * unit_scale(novelty))
         return torch.stack(per_layer)

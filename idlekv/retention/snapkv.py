@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from idlekv.retention.attention_stats import group_mean, pool_positions, window_attention
-from idlekv.retention.base import RetentionInputs, RetentionRule, context_scores
+from idlekv.retention.attention_stats import pool_positions, window_scores
+from idlekv.retention.base import RetentionInputs, RetentionRule
 
 
 @dataclass
@@ -27,15 +27,8 @@ class SnapKV(RetentionRule):
     needs_window = True
 
     def score(self, inputs: RetentionInputs) -> torch.Tensor:
-        per_layer = []
-        for layer in range(inputs.num_layers):
-            keys, positions = inputs.keys[layer], inputs.positions[layer]
-            attn = window_attention(inputs.window_queries[layer], keys, positions, inputs.window_positions)
-            attn = attn.amax(dim=1) if self.aggregate == "max" else attn.mean(dim=1)  # (query_heads, rows)
-            attn = group_mean(attn, keys.shape[0])  # GQA: average the group
-            scores = context_scores(attn, positions, inputs.context_length).clamp_min(0.0)
-            per_layer.append(self._pool(scores))
-        return torch.stack(per_layer)
+        reduce = (lambda a: a.amax(dim=1)) if self.aggregate == "max" else (lambda a: a.mean(dim=1))
+        return torch.stack([self._pool(window_scores(inputs, layer, reduce).clamp_min(0.0)) for layer in range(inputs.num_layers)])
 
     def _pool(self, scores: torch.Tensor) -> torch.Tensor:
         return pool_positions(scores, self.kernel, self.pooling)

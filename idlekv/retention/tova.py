@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from idlekv.retention.attention_stats import group_mean, window_attention
-from idlekv.retention.base import RetentionInputs, RetentionRule, context_scores
+from idlekv.retention.attention_stats import window_scores
+from idlekv.retention.base import RetentionInputs, RetentionRule
 
 
 @dataclass
@@ -18,10 +18,4 @@ class TOVA(RetentionRule):
     needs_window = True
 
     def score(self, inputs: RetentionInputs) -> torch.Tensor:
-        per_layer = []
-        for layer in range(inputs.num_layers):
-            keys, positions = inputs.keys[layer], inputs.positions[layer]
-            last = inputs.window_queries[layer][:, -1:]
-            attn = window_attention(last, keys, positions, inputs.window_positions[-1:])[:, 0]
-            per_layer.append(context_scores(group_mean(attn, keys.shape[0]), positions, inputs.context_length))
-        return torch.stack(per_layer)
+        return torch.stack([window_scores(inputs, layer, lambda a: a[:, 0], last=1) for layer in range(inputs.num_layers)])
