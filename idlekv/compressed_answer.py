@@ -54,6 +54,7 @@ class CompressedQuestion:
                                       [q[:, window.start - offset : window.stop - offset] for q in queries], torch.arange(len(head))[window], n,
                                       [q[:, :n] for q in queries] if prefill_queries else None)
         self.rest = question[-1:] if query_aware else question
+        self._shares_of: dict[int, torch.Tensor] = {}  # tri-state rules' layer shares, by rule
 
     @torch.no_grad()
     def answers(self, rule: RetentionRule, budgets: Sequence[int]) -> list[dict]:
@@ -64,11 +65,12 @@ class CompressedQuestion:
         score_s = time.perf_counter() - start
         rows = []
         tri_state = getattr(rule, "tri_state", False)
+        shares = self._shares(rule) if tri_state else None
         ragged = hasattr(rule, "head_budgets")
         for budget in budgets:
             cache = root.fork()
             start = time.perf_counter()
-            plan = rule.plan(self.inputs, budget) if tri_state else None
+            plan = rule.plan(self.inputs, budget, scores, shares) if tri_state else None
             valid = None
             if tri_state:
                 keep = plan.keep
@@ -121,4 +123,10 @@ class CompressedQuestion:
             return rows
         k = self.root.active.keys(0)
         per_head_layer = rows * 2 * k.shape[-1] * k.element_size()
-        return max(floor, rule.budget_for_bytes(self.inputs, per_head_layer, k.shape[-1], k.element_size()))
+        return max(floor, rule.budget_for_bytes(self.inputs, per_head_layer, k.shape[-1], k.element_size(), self._shares(rule)))
+
+    def _shares(self, rule) -> torch.Tensor:
+        """A tri-state rule's per-layer full-precision shares for this prefill, computed once."""
+        if id(rule) not in self._shares_of:
+            self._shares_of[id(rule)] = rule.layer_shares(self.inputs)
+        return self._shares_of[id(rule)]

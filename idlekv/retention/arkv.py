@@ -82,12 +82,15 @@ class ARKV(RetentionRule):
         oq = torch.tensor(oq)
         return oq / oq.max().clamp_min(1e-20)
 
-    def plan(self, inputs: RetentionInputs, budget: int) -> ARKVPlan:
+    def plan(self, inputs: RetentionInputs, budget: int, scores: torch.Tensor | None = None,
+             shares: torch.Tensor | None = None) -> ARKVPlan:
+        """Rows kept and which stay full precision; `scores` / `shares` computed once may be
+        passed in when several budgets are planned for the same inputs."""
         if inputs.window_queries is None:
             raise ValueError(f"{self.name} needs an observation window (window queries)")
-        scores = self.score(inputs)
+        scores = self.score(inputs) if scores is None else scores
         keep = self.select(scores, budget)
-        shares = self.layer_shares(inputs)
+        shares = self.layer_shares(inputs) if shares is None else shares
         layers, heads, _ = keep.shape
         full = torch.zeros_like(keep, dtype=torch.bool)
         protected = keep >= inputs.context_length - self.protected
@@ -98,10 +101,11 @@ class ARKV(RetentionRule):
             full[layer].scatter_(-1, top, True)
         return ARKVPlan(keep, full, shares)
 
-    def budget_for_bytes(self, inputs: RetentionInputs, bytes_per_head_layer: float, head_dim: int, element_size: int) -> int:
+    def budget_for_bytes(self, inputs: RetentionInputs, bytes_per_head_layer: float, head_dim: int, element_size: int,
+                         shares: torch.Tensor | None = None) -> int:
         """Rows per head whose K+V bytes, averaged over layers, fit `bytes_per_head_layer`."""
         full_row = 2 * head_dim * element_size
         quant_row = 2 * (head_dim * QUANT_BYTES.get(self.precision, element_size) + SCALE_BYTES)
-        shares = self.layer_shares(inputs)
+        shares = self.layer_shares(inputs) if shares is None else shares
         per_row = float((shares * full_row + (1 - shares) * quant_row).mean())
         return min(inputs.context_length, int(bytes_per_head_layer // per_row))
