@@ -68,7 +68,8 @@ def attention_weights(query, key, attention_mask, scaling, full_q_len: int) -> t
     return torch.softmax(logits, dim=-1)
 
 
-def _original_function(name: str, module):
+def original_attention(name: str, module):
+    """The attention function transformers would call for implementation `name`."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     if name == "eager":
@@ -76,27 +77,31 @@ def _original_function(name: str, module):
     return ALL_ATTENTION_FUNCTIONS[name]
 
 
-def _register(original: str) -> str:
+def register_wrapper(prefix: str, original: str, make_wrapper) -> str:
+    """Register `make_wrapper(original)` as attention implementation "<prefix><original>" (once),
+    with the original's mask function (without one transformers hands the wrapper no mask)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-    name = f"idlekv_capture_{original}"
-    if name in _REGISTERED:
-        return name
+    name = f"{prefix}{original}"
+    if name not in _REGISTERED:
+        AttentionInterface.register(name, make_wrapper(original))
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
+        _REGISTERED.add(name)
+    return name
 
+
+def _capturing(original: str):
     def capturing_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         for capture in _ACTIVE:
             capture.record(module, query, key, attention_mask, scale)
-        return _original_function(original, module)(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+        return original_attention(original, module)(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
 
-    AttentionInterface.register(name, capturing_attention)
-    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
-    _REGISTERED.add(name)
-    return name
+    return capturing_attention
 
 
-def _set_implementation(model, name: str) -> None:
+def set_implementation(model, name: str) -> None:
     # Attention modules read config._attn_implementation at call time; every sub-config
     # shares the model's text config, so setting it on the config switches all layers.
     for module in model.modules():
@@ -118,15 +123,15 @@ def capture_queries(
     original = model.config._attn_implementation
     if original.startswith("idlekv_capture_"):
         original = original.removeprefix("idlekv_capture_")
-    name = _register(original)
+    name = register_wrapper("idlekv_capture_", original, _capturing)
     if accumulate and attentions:
         raise ValueError("attention weights cannot be accumulated over forwards of different cache sizes")
     capture = QueryCapture(set(layers) if layers is not None else None, attentions, last_n, accumulate)
-    _set_implementation(model, name)
+    set_implementation(model, name)
     _ACTIVE.append(capture)
     try:
         yield capture
     finally:
         _ACTIVE.remove(capture)
         if not any(True for _ in _ACTIVE):
-            _set_implementation(model, original)
+            set_implementation(model, original)

@@ -13,8 +13,9 @@ from contextlib import contextmanager
 
 import torch
 
+from idlekv.attention import original_attention, register_wrapper, set_implementation
+
 _MASKS: dict[int, torch.Tensor] = {}  # layer -> (kv_heads, rows) bool, True = visible
-_REGISTERED: set[str] = set()
 
 
 def padded_selection(ranked: torch.Tensor, budgets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,8 +31,6 @@ def padded_selection(ranked: torch.Tensor, budgets: torch.Tensor) -> tuple[torch
 
 def _masked_attention(original: str):
     def attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
-        from idlekv.attention import _original_function
-
         visible = _MASKS.get(module.layer_idx)
         if visible is not None:
             b, hq, q, kv = query.shape[0], query.shape[1], query.shape[2], key.shape[2]
@@ -45,7 +44,7 @@ def _masked_attention(original: str):
             rows[:, : visible.shape[1]] = visible.to(query.device)  # rows appended since stay visible
             rows = rows.repeat_interleave(hq // visible.shape[0], dim=0)
             attention_mask = allowed & rows[None, :, None, :]
-        return _original_function(original, module)(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+        return original_attention(original, module)(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
 
     return attention
 
@@ -54,22 +53,13 @@ def _masked_attention(original: str):
 def row_masks(model, visible: list[torch.Tensor]):
     """Within the block, layer l's attention sees only the cache rows where visible[l] (kv_heads,
     rows) is True (rows beyond its width, e.g. a new turn's, are visible)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
-    from idlekv.attention import _set_implementation
-
     original = model.config._attn_implementation
-    name = f"idlekv_rowmask_{original}"
-    if name not in _REGISTERED:
-        AttentionInterface.register(name, _masked_attention(original))
-        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
-        _REGISTERED.add(name)
+    name = register_wrapper("idlekv_rowmask_", original, _masked_attention)
     _MASKS.clear()
     _MASKS.update({layer: m for layer, m in enumerate(visible)})
-    _set_implementation(model, name)
+    set_implementation(model, name)
     try:
         yield
     finally:
         _MASKS.clear()
-        _set_implementation(model, original)
+        set_implementation(model, original)
