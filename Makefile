@@ -55,6 +55,8 @@ tiny-model: setup
 	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/stage2_recall.yaml
 	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/stage3_noise.yaml
 	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/stage4_keys.yaml
+	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/stage5_tagged.yaml
+	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/stage6_long.yaml
 
 check-model: setup
 	$(BIN)/python -m idlekv.embedded.check

@@ -6,6 +6,7 @@ resumed with explicit position ids: Llama, Qwen2, Qwen3, Mistral.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,22 @@ def check_model_folder(path: str | Path, allow_bin_weights: bool = False) -> tup
             f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
     return path, config
+
+
+def weights_fingerprint(path: str | Path, edge_bytes: int = 1 << 20) -> str:
+    """A short hash of a model folder's weights: config.json, then each weights file's name,
+    size, first and last `edge_bytes`. Cheap for a 15 GB model, and it changes when a model
+    is retrained in place, so a resumable sweep does not mix rows of two models."""
+    path = Path(path)
+    digest = hashlib.sha256((path / "config.json").read_bytes())
+    for file in sorted([*path.glob("*.safetensors"), *path.glob("*.bin")]):
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}".encode())
+        with open(file, "rb") as f:
+            digest.update(f.read(edge_bytes))
+            f.seek(max(0, size - edge_bytes))
+            digest.update(f.read(edge_bytes))
+    return digest.hexdigest()[:16]
 
 
 def load_model(

@@ -38,7 +38,8 @@ class Condition:
     kind: str  # full | repair (B + K promoted from the warm tier) | refresh (re-select B+K)
     # exact | proxy | stale (turn-1 question) | rule (the turn-1 rule's own scores) | None (content-agnostic)
     signal: str | None = None
-    selector: str | None = None  # topk | topk_burst | coverage | random | oldest | span_ref
+    # topk | topk_burst | coverage | random | oldest | span_ref; a refresh without one keeps the plain top B+K
+    selector: str | None = None
     granularity: str = "shared"  # shared | layer | head
     deployable: bool = True
 
@@ -49,6 +50,8 @@ class Condition:
             raise ValueError(f"condition {self.name}: signal {self.signal!r} not in {SIGNALS}")
         if self.kind == "repair" and self.selector is None:
             raise ValueError(f"condition {self.name}: a repair needs a selector")
+        if self.kind == "refresh" and self.signal is None:
+            raise ValueError(f"condition {self.name}: a refresh re-selects by a signal; name one")
 
 
 STANDARD_CONDITIONS = (
@@ -60,7 +63,7 @@ STANDARD_CONDITIONS = (
     Condition("Random-K", "repair", None, "random"),
     Condition("Oldest-K", "repair", None, "oldest"),
     Condition("SpanRef-K", "repair", None, "span_ref", deployable=False),
-    Condition("Refresh-buffered", "refresh", "exact"),
+    Condition("Refresh-buffered", "refresh", "exact", "topk_burst"),
 )
 
 
@@ -100,6 +103,13 @@ class EngineConfig:
     # most this many (padded rows x caches), so large models split into several batches.
     resume_batch_rows: int = 131072
     extra: dict = field(default_factory=dict)
+
+
+def rank_scores(order: torch.Tensor) -> torch.Tensor:
+    """Scores that rank positions as `order` does (first = highest), for a rule's select."""
+    scores = torch.empty(order.shape[0], dtype=torch.float32, device=order.device)
+    scores[order] = -torch.arange(order.shape[0], dtype=torch.float32, device=order.device)
+    return scores
 
 
 class RepairEngine:
@@ -207,9 +217,10 @@ class RepairEngine:
         cache.promote(selection)
         return cache, select_s, time.perf_counter() - start
 
-    def _refresh(self, root: TieredCache, signals, budget: int, n_ctx: int, granularity: str):
+    def _refresh(self, cond: Condition, root: TieredCache, signals, budget: int, n_ctx: int, sample: Sample):
         start = time.perf_counter()
-        rs = signals["exact"][0]
+        granularity = cond.granularity
+        rs = signals[cond.signal][0]
         values, positions = [], []
         for a, w, pa, pw in zip(rs.active, rs.warm, rs.active_positions, rs.warm_positions):
             v, p = torch.cat([a, w], dim=-1), torch.cat([pa.to(pw.device), pw], dim=-1)
@@ -217,6 +228,11 @@ class RepairEngine:
             values.append(v[inside].view(v.shape[0], -1))
             positions.append(p[inside].view(p.shape[0], -1))
         per_unit = unit_scores(values, positions, n_ctx, granularity).nan_to_num(0.0)
+        if cond.selector is not None:  # the repair's own selector over every context row (bursts included)
+            spans = [(n.token_start, n.token_end) for n in sample.needles_for_turn(self.config.turn)]
+            selector, everything = self.selectors[cond.selector], torch.ones(n_ctx, dtype=torch.bool, device=per_unit.device)
+            per_unit = torch.stack([rank_scores(selector.order(u, everything, budget, seed=sample.seed + budget, spans=spans))
+                                    for u in per_unit])
         layers, heads = root.num_layers, root.active.kv_heads
         if granularity == "shared":
             expanded = per_unit.expand(layers * heads, -1)
@@ -279,8 +295,8 @@ class RepairEngine:
                         score_s = signals[cond.signal][1] if cond.signal else 0.0
                         pending.append((cond, cache, {"score_s": score_s, "select_s": select_s, "promote_s": promote_s}, k))
                     elif cond.kind == "refresh":
-                        cache, select_s = self._refresh(root, signals, b + k, n_ctx, cond.granularity)
-                        pending.append((cond, cache, {"score_s": signals["exact"][1], "select_s": select_s}, k))
+                        cache, select_s = self._refresh(cond, root, signals, b + k, n_ctx, sample)
+                        pending.append((cond, cache, {"score_s": signals[cond.signal][1], "select_s": select_s}, k))
             for batch in _batches(pending, cfg.resume_batch_rows):
                 start = time.perf_counter()
                 answers = resume_batch(self.model, [c for _, c, _, _ in batch], turn_ids, cfg.max_new_tokens, self.stop_ids)

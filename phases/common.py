@@ -6,10 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import idlekv.config  # noqa: F401  (hushes Hydra's schema-name warning for our launcher configs)
-from idlekv.models import LoadedModel, load_model
+from idlekv.models import LoadedModel, load_model, weights_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,6 +21,12 @@ def load_phase_model(cfg: DictConfig, phase: str) -> LoadedModel:
     if lm.tokenizer is None:
         raise SystemExit(f"{cfg.model.path} has no tokenizer files; {phase} needs one")
     return lm
+
+
+def locked_model(cfg: DictConfig) -> dict:
+    """The model's config as a phase locks it into its run directory, with a fingerprint of
+    the weights: retraining the model in place then refuses to resume the old rows."""
+    return {**OmegaConf.to_container(cfg.model), "weights": weights_fingerprint(ROOT / cfg.model.path)}
 
 
 def rule_for_model(options: dict, model_path: str):

@@ -15,7 +15,7 @@ from ruler.render import annotate_tokens, encode, render, use_chat
 from ruler.sample import Needle, Sample, Turn
 from ruler.seeding import sample_seed
 from ruler.tasks import TaskSpec, get_task
-from ruler.templates import ANSWER_PREFIX, INSTRUCTION, NEEDLE, ORDINAL_QUERY, ORDINALS, QUESTION, join_queries
+from ruler.templates import ANSWER_PREFIX, INSTRUCTION, NEEDLE_TEMPLATES, ORDINAL_QUERY, ORDINALS, QUESTION, join_queries
 
 
 class LengthError(ValueError):
@@ -54,7 +54,8 @@ class _Draw:
         # Needle j belongs to key j // num_values; queried keys are the first num_queries.
         self.later_turn_keys = {k for turn in self.schedule[1:] for k in turn}
         forbidden = frozenset(self.keys) | frozenset(self.values)
-        self.haystack = Haystack(spec.haystack, seed, spec.key_kind, spec.value_kind, spec.value_digits, spec.essay_path, forbidden)
+        self.haystack = Haystack(spec.haystack, seed, spec.key_kind, spec.value_kind, spec.value_digits, spec.essay_path, forbidden,
+                                 NEEDLE_TEMPLATES[spec.needle_style])
 
 
 def _assemble(draw: _Draw, n_units: int, depth_cap_all: float, depth_cap_later: float) -> tuple[str, list[Needle]]:
@@ -79,6 +80,7 @@ def _assemble(draw: _Draw, n_units: int, depth_cap_all: float, depth_cap_later: 
     pos, cursor = 0, 0
     sep = draw.haystack.separator
     base = len(INSTRUCTION.format(type_value=type_value))
+    needle = NEEDLE_TEMPLATES[spec.needle_style]
 
     def emit(text: str) -> int:
         nonlocal pos
@@ -95,7 +97,7 @@ def _assemble(draw: _Draw, n_units: int, depth_cap_all: float, depth_cap_later: 
             emit(units[cursor])
             cursor += 1
         key, value = draw.keys[j // spec.num_values], draw.values[j]
-        text = NEEDLE.format(type_value=type_value, key=key, value=value)
+        text = needle.format(type_value=type_value, key=key, value=value)
         start = emit(text)
         v = start + text.rindex(value)
         spans[j] = (base + start, base + start + len(text), base + v, base + v + len(value))
@@ -107,7 +109,7 @@ def _assemble(draw: _Draw, n_units: int, depth_cap_all: float, depth_cap_later: 
     for j in range(len(draw.depths)):
         k = j // spec.num_values
         a, b, va, vb = spans[j]
-        text = NEEDLE.format(type_value=type_value, key=draw.keys[k], value=draw.values[j])
+        text = needle.format(type_value=type_value, key=draw.keys[k], value=draw.values[j])
         turns = [t for t, keys in enumerate(draw.schedule) if k in keys]
         needles.append(Needle(draw.keys[k], draw.values[j], text, a, b, va, vb, turns))
     return INSTRUCTION.format(type_value=type_value) + context + "\n", needles

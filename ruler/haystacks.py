@@ -37,8 +37,9 @@ class Haystack:
     """Unit i of a haystack kind; `separator` joins units (and needles) into the context."""
 
     def __init__(self, kind: str, seed: int, key_kind: str = "words", value_kind: str = "numbers",
-                 value_digits: int = 7, essay_path: str | None = None, forbidden: frozenset[str] = frozenset()):
-        self.kind, self.seed = kind, seed
+                 value_digits: int = 7, essay_path: str | None = None, forbidden: frozenset[str] = frozenset(),
+                 needle_template: str = NEEDLE):
+        self.kind, self.seed, self.needle_template = kind, seed, needle_template
         self.key_kind, self.value_kind, self.value_digits = key_kind, value_kind, value_digits
         self.forbidden = forbidden  # keys/values of real needles: a distractor must not repeat them
         if kind == "noise":
@@ -59,7 +60,7 @@ class Haystack:
             value = make_value(self.value_kind, rng, self.value_digits)
             if not any(key in f or f in key or value in f or f in value for f in self.forbidden):
                 type_value = "numbers" if self.value_kind == "numbers" else "uuids"
-                return NEEDLE.format(type_value=type_value, key=key, value=value)
+                return self.needle_template.format(type_value=type_value, key=key, value=value)
         raise RuntimeError("could not draw a distractor needle distinct from the real ones")
 
     def units(self, n: int) -> list[str]:

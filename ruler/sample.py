@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ruler.templates import ANSWER_LINKS
+
 
 @dataclass
 class Needle:
@@ -31,10 +33,12 @@ class Turn:
 
     def gold_answer(self, answer_format: str = "values", values_per_key: int = 1) -> str:
         """The answer text a model is trained to produce after the answer prefix."""
-        if answer_format in ("keyed", "mirror"):
-            link = ":" if answer_format == "keyed" else " is:"
+        if answer_format in ANSWER_LINKS:
+            link = ANSWER_LINKS[answer_format]
             groups = [self.outputs[i * values_per_key : (i + 1) * values_per_key] for i in range(len(self.keys))]
-            return " " + ", ".join(f"{k}{link} {' '.join(g)}" for k, g in zip(self.keys, groups)) + "."
+            if answer_format == "tagged":  # every value carries its key, as in the needle
+                return " " + ", ".join(" ".join(k + v for v in g) for k, g in zip(self.keys, groups)) + "."
+            return " " + ", ".join(f"{k}{link}{' '.join(g)}" for k, g in zip(self.keys, groups)) + "."
         return " " + ", ".join(self.outputs) + "."
 
 

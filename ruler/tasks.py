@@ -9,7 +9,8 @@ from ruler.keys import KEY_KINDS, VALUE_KINDS
 HAYSTACKS = ("noise", "essay", "needle")
 SPLITS = ("all", "balanced", "clean", "schedule")
 QUESTION_STYLES = ("literal", "ordinal")
-ANSWER_FORMATS = ("values", "keyed", "mirror")
+ANSWER_FORMATS = ("values", "keyed", "mirror", "tagged")
+NEEDLE_STYLES = ("ruler", "tagged")
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,12 @@ class TaskSpec:
     # How a gold answer is written (training targets; the metric only looks for the values):
     # "values" = "1234, 5678."; "keyed" = "falcon: 1234, heron: 5678." (each value after its key);
     # "mirror" = "falcon is: 1234, heron is: 5678." (each value after exactly the words that
-    # precede it in its needle, so retrieval is a key-conditioned copy).
+    # precede it in its needle, so retrieval is a key-conditioned copy); "tagged" =
+    # "falcon1234, heron5678." (the tagged needle's own spelling).
     answer_format: str = "values"
+    # "ruler": RULER's needle ("... for falcon is: 1234."); "tagged": the key directly before
+    # its value ("... is: falcon1234.", the embedded model's variant).
+    needle_style: str = "ruler"
     essay_path: str | None = None  # any local text file; default: ruler/data/essay.txt
     chat: bool | None = None  # None = use the tokenizer's chat template when it has one
     extra: dict = field(default_factory=dict, compare=False)
@@ -51,6 +56,7 @@ class TaskSpec:
             (self.value_kind in VALUE_KINDS, f"value_kind {self.value_kind!r} not in {VALUE_KINDS}"),
             (self.split in SPLITS, f"split {self.split!r} not in {SPLITS}"),
             (self.answer_format in ANSWER_FORMATS, f"answer_format {self.answer_format!r} not in {ANSWER_FORMATS}"),
+            (self.needle_style in NEEDLE_STYLES, f"needle_style {self.needle_style!r} not in {NEEDLE_STYLES}"),
             (self.question_style in QUESTION_STYLES, f"question_style {self.question_style!r} not in {QUESTION_STYLES}"),
             (1 <= self.num_queries <= self.num_keys, f"num_queries {self.num_queries} must be in [1, num_keys={self.num_keys}]"),
             (not self.depths or len(self.depths) == self.num_keys * self.num_values,
@@ -100,9 +106,12 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("niah_multiquery", haystack="essay", key_kind="words", num_keys=4, num_queries=4),
         _mq(2), _mq(4), _mq(6), _mq(8),
         # The embedded model's setting: RULER's noise haystack (niah_single_1's), one-token word
-        # keys, 4-digit values, answers that mirror the needle text. The distractor-needle
-        # variant below was too hard for a 1M-parameter model trained on 2 CPU cores.
+        # keys, 4-digit values, tagged needles ("... is: falcon1234.") and answers that spell
+        # them the same way. The RULER-needle variant (its stages 3-4) and the
+        # distractor-needle variant (stages 1-2) are kept for the training recipe.
         TaskSpec("mq_niah_4q_embedded", haystack="noise", key_kind="word", value_digits=4, num_keys=4,
+                 num_queries=4, split="balanced", answer_format="tagged", needle_style="tagged", answer_tokens=24),
+        TaskSpec("mq_niah_4q_embedded_ruler", haystack="noise", key_kind="word", value_digits=4, num_keys=4,
                  num_queries=4, split="balanced", answer_format="mirror", answer_tokens=24),
         TaskSpec("mq_niah_4q_embedded_needles", haystack="needle", key_kind="word", value_digits=4, num_keys=4,
                  num_queries=4, split="balanced", answer_format="mirror", answer_tokens=24),

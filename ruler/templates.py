@@ -1,6 +1,13 @@
 """RULER's NIAH templates (REFERENCE.md section 5), filled in by the generators."""
 
 NEEDLE = "One of the special magic {type_value} for {key} is: {value}."
+# The embedded model's needle: the key word directly before its value ("ash5639"), so the
+# lookup is one induction step (the token after the key) instead of a copy three tokens
+# past it, which a 1M-parameter model did not learn to bind (models/README.md).
+TAGGED_NEEDLE = "One of the special magic {type_value} is: {key}{value}."
+NEEDLE_TEMPLATES = {"ruler": NEEDLE, "tagged": TAGGED_NEEDLE}
+# What joins a key to its value in a gold answer, per answer format ("values" has no key).
+ANSWER_LINKS = {"keyed": ": ", "mirror": " is: ", "tagged": ""}
 INSTRUCTION = (
     "Some special magic {type_value} are hidden within the following text. "
     "Make sure to memorize it. I will quiz you about the {type_value} afterwards.\n"

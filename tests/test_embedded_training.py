@@ -62,6 +62,7 @@ def test_answer_formats():
     assert turn.gold_answer("values") == " 1234, 5678."
     assert turn.gold_answer("keyed") == " falcon: 1234, heron: 5678."
     assert turn.gold_answer("mirror") == " falcon is: 1234, heron is: 5678."
+    assert turn.gold_answer("tagged") == " falcon1234, heron5678."
 
 
 def test_a_run_can_start_from_another_runs_weights(tmp_path):
@@ -99,6 +100,18 @@ def test_auxiliary_rows_target_what_they_say():
     text = tok.decode(ids)
     keys = [tok.decode([i]).strip() for i, m in zip(ids, mask) if m == 1.0]
     assert all(f"{k} is:" in text for k in keys) and None in mask
+    # Tagged rows join key and value with nothing: the value is the key's very next token.
+    ids, mask = pair_recall_sequence(tok, random.Random(1), 4, link="")
+    starts = [i for i in range(1, len(ids)) if mask[i] and not mask[i - 1]]
+    assert len(starts) == 4
+    assert all(tok.decode([ids[i - 1]]).strip().isalpha() and tok.decode([ids[i]]).isdigit() for i in starts)
+    ids, mask = key_copy_sequence(tok, random.Random(2), blocks=3, link="")
+    assert " is:" not in tok.decode(ids)
+    # RULER-needle recall listings (the recipe's stages 3-4) still find their needles.
+    sample = generate("mq_niah_4q_embedded_ruler", 512, 0, tok)
+    ids, mask = echo_sequence(sample, tok, random.Random(0))
+    targets = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert sorted(targets.rstrip(".").split(".")) == sorted(n.value for n in sample.needles)
     cur = Curriculum(pairs_fraction=0.5, key_copy_fraction=0.3, pair_counts=(3,))
     x, w = training_batch(cur, tok, 3, 100, 2048, seed=0)
     assert (w > 0).any() and x.shape == w.shape

@@ -51,3 +51,20 @@ def test_sliding_window_is_refused_unless_allowed(tmp_path):
     with pytest.raises(ModelLoadError, match="sliding-window"):
         load_model(tmp_path, device="cpu")
     assert load_model(tmp_path, device="cpu", allow_sliding_window=True).spec.family == "mistral"
+
+
+def test_weights_fingerprint_follows_the_weights(tmp_path):
+    """A resumable phase locks this into its run folder: retraining a model in place must change it."""
+    from safetensors.torch import load_file, save_file
+
+    from idlekv.models import weights_fingerprint
+
+    build_tiny_model("llama", tmp_path / "m")
+    first = weights_fingerprint(tmp_path / "m")
+    assert weights_fingerprint(tmp_path / "m") == first
+    weights = tmp_path / "m" / "model.safetensors"
+    tensors = load_file(weights)
+    name = sorted(tensors)[-1]
+    tensors[name] = tensors[name] + 1.0
+    save_file(tensors, weights, metadata={"format": "pt"})
+    assert weights_fingerprint(tmp_path / "m") != first

@@ -102,6 +102,34 @@ def test_span_ref_restores_the_next_turn_needles_when_k_allows(rows, setup):
     assert by(result, "SpanRef-K", 40)["needle_rows_active"] == 1.0
 
 
+def test_refresh_reselects_b_plus_k_rows_with_its_selector(setup):
+    """Refresh keeps B+K context rows per head: the rule's sinks and recent window, then the
+    selector's order over every context row (a burst selector brings each anchor's neighbours)."""
+    from idlekv.protocol import rank_scores
+
+    tok, model, sample, engine = setup
+    first = engine.turn_one(sample)
+    root, n_ctx = first.root, first.context_length
+    comp = root.fork()
+    comp.compress(engine._keep(engine.rule.score(first.rule_inputs()), B, root, n_ctx), reserve=40)
+    signals = engine._signals(comp, engine.next_turn_ids(sample, first.answer), None, None, {"exact"})
+    for cond in (Condition("R", "refresh", "exact", "topk_burst"), Condition("R", "refresh", "exact")):
+        cache, _ = engine._refresh(cond, root, signals, B + 40, n_ctx, sample)
+        for layer in range(root.num_layers):
+            context = cache.active.positions(layer)[0]
+            context = context[context < n_ctx].view(root.active.kv_heads, -1)
+            assert context.shape[1] == B + 40 and all(row.unique().numel() == B + 40 for row in context)
+            assert set(range(4)) <= set(context[0].tolist()) and set(range(n_ctx - 16, n_ctx)) <= set(context[0].tolist())
+    # the burst order: the best anchor's whole window [a-2, a+20] comes first
+    scores = torch.zeros(100)
+    scores[50] = 1.0
+    order = engine.selectors["topk_burst"].order(scores, torch.ones(100, dtype=torch.bool), 1)
+    ranked = rank_scores(order)
+    assert set(ranked.argsort(descending=True)[:23].tolist()) == set(range(48, 71))
+    with pytest.raises(ValueError, match="signal"):
+        Condition("R", "refresh")
+
+
 def compressed_forks(engine, sample, sizes, seed):
     """Forks of the sample's post-turn-1 cache, each keeping `size` random context rows + the tail."""
     first = engine.turn_one(sample)
@@ -159,3 +187,13 @@ def test_padded_batches_of_different_sizes_equal_one_at_a_time(setup):
     turn = tok("What are all the special magic numbers for oak?", add_special_tokens=False)["input_ids"]
     stop = stop_token_ids(tok)
     assert resume_batch(model, caches, turn, 8, stop) == [resume_batch(model, [c], turn, 8, stop)[0] for c in caches]
+
+
+def test_the_reference_protocol_baseline_runs_every_cell(setup):
+    """make bench-repair's baseline (idlekv/bench/reference_protocol.py) uses the engine's
+    own selection code: it must keep up with the engine's signatures."""
+    from idlekv.bench.reference_protocol import run_reference_sample
+
+    _, _, sample, engine = setup
+    seconds, cells = run_reference_sample(engine, sample)
+    assert cells == len(engine.config.conditions) * len(KS) and seconds > 0

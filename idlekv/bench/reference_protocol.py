@@ -97,6 +97,6 @@ def run_reference_sample(engine: RepairEngine, sample) -> tuple[float, int]:
                     cache, _, _ = engine._repair(cond, comp, k, n_ctx, signals, sample, b)
                     resort(cache)
                 else:
-                    cache, _ = engine._refresh(root, signals, b + k, n_ctx, cond.granularity)
+                    cache, _ = engine._refresh(cond, root, signals, b + k, n_ctx, sample)
                 decode_alone(cache)
     return time.perf_counter() - start, cells

@@ -23,9 +23,12 @@ from ruler.render import PLAIN_TURN_SEPARATOR, encode, render
 from ruler.sample import Sample
 from ruler.seeding import sample_seed
 from ruler.tasks import get_task
-from ruler.templates import ANSWER_PREFIX, NOISE, QUESTION, join_queries
+from ruler.templates import ANSWER_LINKS, ANSWER_PREFIX, NOISE, QUESTION, join_queries
 
-NEEDLE_PATTERN = re.compile(r"(One of the special magic \w+ for \S+ is:) (\S+)\.")
+# A needle as (the words before its value, the value), in either needle style; the first
+# group keeps the space, if any, that separates the two.
+NEEDLE_PATTERNS = (re.compile(r"(One of the special magic \w+ for \S+ is: )(\S+)\."),
+                   re.compile(r"(One of the special magic \w+ is: [^\W\d]+)(\d+)\."))
 NEEDLE_TOKENS = 17  # about one needle of the embedded task, in tokens
 UNIT_TOKENS = {"needle": 17, "noise": 8, "essay": 25}  # about one haystack unit, in tokens
 OVERHEAD_TOKENS = 120  # instruction, questions and answers of a sample, about
@@ -108,17 +111,19 @@ def echo_sequence(sample: Sample, tokenizer, rng: random.Random) -> tuple[list[i
     ids = encode(tokenizer, sample.prompt)
     mask = [0.0] * len(ids)
     # Needles anywhere in the context (a noise haystack joins them inline with spaces).
-    lines = NEEDLE_PATTERN.findall(sample.prompt)
+    found = [(m.start(), m.groups()) for pattern in NEEDLE_PATTERNS for m in pattern.finditer(sample.prompt)]
+    lines = [groups for _, groups in sorted(found)]
     rng.shuffle(lines)
     for head, value in lines:
-        part, target = encode(tokenizer, "\n" + head + " "), encode(tokenizer, value + ".")
+        part, target = encode(tokenizer, "\n" + head), encode(tokenizer, value + ".")
         ids += part + target
         mask += [0.0] * len(part) + [1.0] * len(target)
     return ids, mask
 
 
-def pair_recall_sequence(tokenizer, rng: random.Random, pairs: int, filler: float = 0.0) -> tuple[list[int], list[float]]:
-    """Dense associative recall in the needles' own local pattern: `pairs` lines "key is: value."
+def pair_recall_sequence(tokenizer, rng: random.Random, pairs: int, filler: float = 0.0,
+                         link: str = " is: ") -> tuple[list[int], list[float]]:
+    """Dense associative recall in the needles' own local pattern: `pairs` lines "key{link}value."
     (noise sentences between them with probability `filler`), then the same lines shuffled,
     whose values are the targets. The lookup the answers need ("key is: " -> the digits that
     followed it) gets ~25% of the tokens as targets instead of ~1% in a long conversation."""
@@ -129,19 +134,19 @@ def pair_recall_sequence(tokenizer, rng: random.Random, pairs: int, filler: floa
     for key, value in zip(keys, values):
         if rng.random() < filler:
             text += " " + ". ".join(noise[: rng.randint(1, len(noise))]).rstrip(".") + "."
-        text += f" {key} is: {value}."
+        text += f" {key}{link}{value}."
     ids = encode(tokenizer, text.strip() + "\n")
     mask = [0.0] * len(ids)
     order = list(range(pairs))
     rng.shuffle(order)
     for i in order:
-        part, target = encode(tokenizer, f" {keys[i]} is: "), encode(tokenizer, f"{values[i]}.")
+        part, target = encode(tokenizer, f" {keys[i]}{link}"), encode(tokenizer, f"{values[i]}.")
         ids += part + target
         mask += [0.0] * len(part) + [1.0] * len(target)
     return ids, mask
 
 
-def key_copy_sequence(tokenizer, rng: random.Random, blocks: int = 6) -> tuple[list[int], list[float | None]]:
+def key_copy_sequence(tokenizer, rng: random.Random, blocks: int = 6, link: str = " is: ") -> tuple[list[int], list[float | None]]:
     """Question/answer blocks with no context: each question names 1-4 keys and the mirror answer
     repeats them in order. Only the answer's keys are targets (their values are unknown here and
     carry no loss): dense practice of bringing the question's keys to the answer, which whole
@@ -156,7 +161,7 @@ def key_copy_sequence(tokenizer, rng: random.Random, blocks: int = 6) -> tuple[l
         mask += [0.0] * len(part)
         for i, key in enumerate(keys):
             k = encode(tokenizer, ("," if i else "") + f" {key}")
-            v = encode(tokenizer, f" is: {make_value('numbers', rng, 4)}")
+            v = encode(tokenizer, f"{link}{make_value('numbers', rng, 4)}")
             ids += k + v
             mask += [0.0] * (len(k) - 1) + [1.0] + [None] * len(v)
         ids += encode(tokenizer, ".")
@@ -170,14 +175,15 @@ def training_batch(curriculum: Curriculum, tokenizer, step: int, total_steps: in
     low, high = curriculum.length_range(step, total_steps)
     target = rng.randint(low, high)
     answer_format = curriculum.answer_format or get_task(curriculum.task).answer_format
+    link = ANSWER_LINKS.get(answer_format, " is: ")  # how the pair and key-copy rows join key and value
     rows = []
     for _ in range(max(1, tokens_per_step // target)):
         if rng.random() < curriculum.key_copy_fraction:
-            ids, mask = key_copy_sequence(tokenizer, rng)
+            ids, mask = key_copy_sequence(tokenizer, rng, link=link)
             rows.append((ids, [0.0 if m is None else 1.0 if m else curriculum.other_weight for m in mask]))
             continue
         if rng.random() < curriculum.pairs_fraction:
-            ids, mask = pair_recall_sequence(tokenizer, rng, rng.choice(curriculum.pair_counts), curriculum.pair_filler)
+            ids, mask = pair_recall_sequence(tokenizer, rng, rng.choice(curriculum.pair_counts), curriculum.pair_filler, link)
             rows.append((ids, [1.0 if m else curriculum.other_weight for m in mask]))
             continue
         sample = training_sample(curriculum, tokenizer, target, rng, step)

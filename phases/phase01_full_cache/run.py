@@ -16,7 +16,7 @@ from tqdm import tqdm
 from idlekv.environment import environment
 from idlekv.evaluation import answer_sample
 from idlekv.results import ResultStore
-from phases.common import load_phase_model, phase_main, publish
+from phases.common import load_phase_model, locked_model, phase_main, publish
 from phases.phase01_full_cache.report import summarize, write_figure
 from ruler import generate
 from ruler.generation import LengthError
@@ -39,7 +39,7 @@ def cells(phase) -> list[dict]:
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     phase = cfg.phase
     lm = load_phase_model(cfg, "phase01")
-    locked = {"model": OmegaConf.to_container(cfg.model), "phase": OmegaConf.to_container(phase)}
+    locked = {"model": locked_model(cfg), "phase": OmegaConf.to_container(phase)}
     store = ResultStore(run_dir, KEY_FIELDS, config=locked, environment=environment())
     todo = [c for c in cells(phase) if not store.is_done(c)]
     for cell in tqdm(todo, desc=phase.name, unit="sample"):

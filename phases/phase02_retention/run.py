@@ -17,7 +17,7 @@ from idlekv.compressed_answer import CompressedQuestion
 from idlekv.config import CONFIG_DIR
 from idlekv.environment import environment
 from idlekv.results import ResultStore
-from phases.common import load_phase_model, phase_main, publish, rule_for_model
+from phases.common import load_phase_model, locked_model, phase_main, publish, rule_for_model
 from phases.phase02_retention.report import summarize, write_figure
 from ruler import generate
 
@@ -43,7 +43,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         raise SystemExit(f"phase.modes {bad} not in {MODES}")
     lm = load_phase_model(cfg, "phase02")
     rules = {name: rule_from_config(name, phase.rule_options, cfg.model.path) for name in [*phase.rules, "keep_all"]}
-    locked = {"model": OmegaConf.to_container(cfg.model), "phase": OmegaConf.to_container(phase)}
+    locked = {"model": locked_model(cfg), "phase": OmegaConf.to_container(phase)}
     store = ResultStore(run_dir, KEY_FIELDS, config=locked, environment=environment())
     floor = phase.rule_options.sinks + phase.rule_options.recent
     samples = [(task, length, index, mode) for task in phase.tasks for length in phase.lengths

@@ -23,7 +23,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     return agg.round(4)
 
 
-def write_frontier(summary: pd.DataFrame, path: Path) -> Path:
+def write_frontier(summary: pd.DataFrame, path: Path, title: str | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,12 +41,14 @@ def write_frontier(summary: pd.DataFrame, path: Path) -> Path:
             style = ":" if not bool(line["deployable"].iloc[0]) or name == "Refresh-buffered" else "-"
             ax.plot(line["K"], line["accuracy"], style, marker="o", markersize=3, label=name)
         ctx = int(part["context_tokens"].mean())
-        ax.set_title(f"{part['task'].iloc[0]} ({split}), B={b}, ~{ctx} context tokens")
+        ax.set_title(f"{part['task'].iloc[0]}\n{split} split, B={b}, ~{ctx} context tokens", fontsize=9)
         ax.set_xlabel("K (rows promoted; resumed budget B+K)")
         ax.set_ylabel("turn-2 gold values recovered")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)

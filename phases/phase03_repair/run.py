@@ -16,7 +16,7 @@ from idlekv.environment import environment
 from idlekv.protocol import Condition, EngineConfig, RepairEngine
 from idlekv.results import ResultStore
 from idlekv.tracking import make_logger
-from phases.common import ROOT, load_phase_model, phase_main, rule_for_model
+from phases.common import ROOT, load_phase_model, locked_model, phase_main, rule_for_model
 from phases.phase03_repair.report import summarize, write_frontier
 from ruler import generate
 
@@ -39,7 +39,8 @@ def report(frame, config: dict) -> list[Path]:
     csv, figure = ROOT / config["phase"]["csv"], ROOT / config["phase"]["figure"]
     csv.parent.mkdir(parents=True, exist_ok=True)
     summary.to_csv(csv, index=False)
-    write_frontier(summary, figure)
+    phase = config["phase"]
+    write_frontier(summary, figure, f"{phase['name']}: {phase['num_keys']} needles")
     return [csv, figure]
 
 
@@ -59,7 +60,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     phase = cfg.phase
     lm = load_phase_model(cfg, "phase03")
     engine = engine_from_config(cfg, lm)
-    locked = {k: OmegaConf.to_container(cfg[k]) for k in ("model", "retention", "repair", "phase")} | {"seed": cfg.seed}
+    locked = {k: OmegaConf.to_container(cfg[k]) for k in ("retention", "repair", "phase")} | {"model": locked_model(cfg), "seed": cfg.seed}
     env = environment()
     store = ResultStore(run_dir, KEY_FIELDS, config=locked, environment=env)
     logger = make_logger(OmegaConf.to_container(cfg.logger), run_dir, locked, env)

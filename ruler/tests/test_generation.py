@@ -132,3 +132,18 @@ def test_essay_haystack_from_any_file(tmp_path, tokenizer):
     essay.write_text("Alpha beta gamma. Delta epsilon zeta! Eta theta iota?")
     s = generate("niah_single_2", 512, 0, tokenizer, essay_path=str(essay))
     assert "Delta epsilon zeta!" in s.prompt
+
+
+def test_tagged_needles_put_the_key_right_before_its_value(tokenizer):
+    sample = generate("mq_niah_4q_embedded", 512, 3, tokenizer)
+    for needle in sample.needles:
+        assert needle.text == f"One of the special magic numbers is: {needle.key}{needle.value}."
+        assert sample.prompt[needle.value_start - len(needle.key) : needle.value_end] == needle.key + needle.value
+    turn = sample.turns[0]
+    assert turn.gold_answer("tagged") == " " + ", ".join(k + v for k, v in zip(turn.keys, turn.outputs)) + "."
+    with pytest.raises(ValueError, match="needle_style"):
+        generate("mq_niah_4q_embedded", 512, 0, tokenizer, needle_style="fancy")
+    # distractor needles (niah_multikey_2's haystack) take the same style
+    distracted = generate("niah_multikey_2", 512, 0, tokenizer, needle_style="tagged", key_kind="word")
+    assert distracted.prompt.count("One of the special magic numbers is: ") > 3
+    assert " for " not in distracted.prompt.split("\n", 1)[1]
