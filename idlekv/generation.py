@@ -80,7 +80,7 @@ def resume_batch(model, caches, turn_ids: list[int], max_new_tokens: int, stop_i
     """
     from idlekv.cache.tiered import stack_to_hf
 
-    hf, mask = stack_to_hf(caches)
+    hf, mask = stack_to_hf(caches, headroom=len(turn_ids) + max_new_tokens)
     batch, start = len(caches), caches[0].seen_tokens
     ids = torch.tensor([turn_ids], device=caches[0].active.device).expand(batch, -1)
     positions = caches[0].position_ids(len(turn_ids)).expand(batch, -1)

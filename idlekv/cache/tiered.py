@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -153,33 +154,64 @@ def dynamic_cache(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]):
     return cache
 
 
-def stack_to_hf(caches: Sequence[TieredCache]):
+@lru_cache(maxsize=1)
+def _headroom_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class HeadroomLayer(DynamicLayer):
+        """A DynamicLayer whose rows sit at the front of a larger buffer: a forward's new rows
+        are written in place behind them instead of concatenated onto a fresh copy of the
+        whole layer at every decoded token. Past the buffer it concatenates like its parent."""
+
+        def hold(self, keys: torch.Tensor, values: torch.Tensor, rows: int) -> None:
+            self.lazy_initialization(keys, values)
+            self._key_buffer, self._value_buffer = keys, values
+            self.keys, self.values = keys[:, :, :rows], values[:, :, :rows]
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            n, m = self.keys.shape[-2], key_states.shape[-2]
+            if n + m > self._key_buffer.shape[-2] or self.keys.data_ptr() != self._key_buffer.data_ptr():
+                return super().update(key_states, value_states, *args, **kwargs)
+            self._key_buffer[:, :, n : n + m].copy_(key_states)
+            self._value_buffer[:, :, n : n + m].copy_(value_states)
+            self.keys, self.values = self._key_buffer[:, :, : n + m], self._value_buffer[:, :, : n + m]
+            return self.keys, self.values
+
+    return HeadroomLayer
+
+
+def stack_to_hf(caches: Sequence[TieredCache], headroom: int = 0):
     """One transformers DynamicCache holding several caches as a batch, and its padding mask.
 
     All caches must continue the same original sequence (equal `seen_tokens`): conditions of
     one sample. Caches of equal size stack as they are (mask None); shorter ones are padded
     with zero rows that a (batch, rows) attention mask hides, so conditions of different
     budgets still decode together. Padding is a compute artefact: each cache's own bytes
-    are reported from its own tensors.
+    are reported from its own tensors. `headroom` rows of room behind the rows let the next
+    forwards (a turn and its decoded answer) append in place.
     """
     lengths = {c.seen_tokens for c in caches}
     if len(lengths) != 1:
         raise ValueError(f"only caches continuing the same sequence stack; got original lengths {sorted(lengths)}")
     rows = [c.rows for c in caches]
     width = max(rows)
-    layers = range(caches[0].num_layers)
-    cache = dynamic_cache([torch.cat([_pad_rows(c.active.keys(i), width) for c in caches]) for i in layers],
-                          [torch.cat([_pad_rows(c.active.values(i), width) for c in caches]) for i in layers])
+    from transformers import DynamicCache
+
+    cache, layer_class = DynamicCache(), _headroom_layer_class()
+    for i in range(caches[0].num_layers):
+        first = caches[0].active.keys(i)
+        shape = (len(caches), first.shape[1], width + headroom, first.shape[3])
+        keys = torch.zeros(shape, dtype=first.dtype, device=first.device)
+        values = torch.zeros(shape, dtype=first.dtype, device=first.device)
+        for b, c in enumerate(caches):  # one copy into the batch buffer, padding rows stay zero
+            keys[b : b + 1, :, : c.rows].copy_(c.active.keys(i))
+            values[b : b + 1, :, : c.rows].copy_(c.active.values(i))
+        layer = layer_class()
+        layer.hold(keys, values, width)
+        cache.layers.append(layer)
     if len(set(rows)) == 1:
         return cache, None
     mask = torch.zeros(len(caches), width, dtype=torch.long, device=caches[0].active.device)
     for b, r in enumerate(rows):
         mask[b, :r] = 1
     return cache, mask
-
-
-def _pad_rows(t: torch.Tensor, width: int) -> torch.Tensor:
-    if t.shape[2] == width:
-        return t
-    pad = torch.zeros(*t.shape[:2], width - t.shape[2], t.shape[3], dtype=t.dtype, device=t.device)
-    return torch.cat([t, pad], dim=2)
