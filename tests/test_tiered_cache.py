@@ -156,3 +156,25 @@ def test_bad_selections_are_refused(tiny_model, token_ids):
         cache.promote(slots)
     with pytest.raises(KeyError, match="not present"):
         cache.promote_positions(torch.tensor([0]))
+
+
+def test_stacked_caches_append_into_their_headroom():
+    """stack_to_hf(headroom=n): the next n rows are written in place behind the stacked rows
+    (no copy of the layer per token); past the room it concatenates, with the same result."""
+    from idlekv.cache.tiered import stack_to_hf
+
+    gen = torch.Generator().manual_seed(0)
+    k = [torch.randn(1, 2, 7, 4, generator=gen) for _ in range(2)]
+    caches = [TieredCache.from_tensors(k, [t * 2 for t in k]) for _ in range(2)]
+    caches[0].compress(torch.arange(5)[None].expand(2, -1))  # 5 of the 7 rows, same original sequence
+    hf, mask = stack_to_hf(caches, headroom=2)
+    assert mask.tolist() == [[1] * 5 + [0] * 2, [1] * 7]
+    layer = hf.layers[0]
+    assert torch.equal(layer.keys[0, :, :5], caches[0].active.keys(0)[0]) and not layer.keys[0, :, 5:].any()
+    start = layer.keys.data_ptr()
+    new = [torch.randn(2, 2, m, 4, generator=gen) for m in (2, 3)]
+    keys, values = layer.update(new[0], new[0] * 2)
+    assert keys.data_ptr() == start and keys.shape[2] == 9 and torch.equal(keys[:, :, 7:], new[0])
+    keys, values = layer.update(new[1], new[1] * 2)  # no room left: concatenated
+    assert keys.shape[2] == 12 and torch.equal(keys[:, :, 9:], new[1]) and torch.equal(values[:, :, 7:9], new[0] * 2)
+    assert hf.get_seq_length() == 12
