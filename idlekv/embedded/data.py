@@ -28,7 +28,7 @@ from ruler.templates import ANSWER_LINKS, ANSWER_PREFIX, NOISE, QUESTION, join_q
 # A needle as (the words before its value, the value), in either needle style; the first
 # group keeps the space, if any, that separates the two.
 NEEDLE_PATTERNS = (re.compile(r"(One of the special magic \w+ for \S+ is: )(\S+)\."),
-                   re.compile(r"(One of the special magic \w+ is: [^\W\d]+)(\d+)\."))
+                   re.compile(r"(One of the special magic \w+ is: [^\s\d]+)(\d+)\."))
 NEEDLE_TOKENS = 17  # about one needle of the embedded task, in tokens
 UNIT_TOKENS = {"needle": 17, "noise": 8, "essay": 25}  # about one haystack unit, in tokens
 OVERHEAD_TOKENS = 120  # instruction, questions and answers of a sample, about
