@@ -38,7 +38,8 @@ def check(model_dir: Path, samples: int, length: int, base_seed: int, max_new_to
             if name == "full":
                 totals["turn1"].append(results[0].accuracy)
     mean = {k: sum(v) / len(v) for k, v in totals.items()}
-    return {"model": str(model_dir), "samples": samples, "length": length, "base_seed": base_seed,
+    shown = model_dir.relative_to(ROOT) if model_dir.is_relative_to(ROOT) else model_dir  # no machine path in saved_results
+    return {"model": str(shown), "samples": samples, "length": length, "base_seed": base_seed,
             "haystack_share": sum(haystack_share) / len(haystack_share), **{f"turn2_{k}" if k != "turn1" else "turn1_full": v for k, v in mean.items()}}
 
 
