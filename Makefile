@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # wheels); with CUDA keep the user's torch by letting the venv see system packages.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: setup test test-slow test-all bench-cache bench-repair tiny-model check-model phase01 probe retention repair collect clean help
+.PHONY: setup test test-slow test-all bench-cache bench-repair tiny-model check-model phase01 probe retention repair rank-profile collect clean help
 
 help:
 	@echo "make setup        create .venv and install the project (+dev extras)"
@@ -22,6 +22,7 @@ help:
 	@echo "make retention    phase02: every retention rule vs budget, eviction inside the model"
 	@echo "make collect PHASE=phase03_repair_4q   merge a multirun sweep's job rows (see docs/sweeps.md)"
 	@echo "make repair       the main job: phase03's 4Q repair frontier on the embedded model"
+	@echo "make rank-profile where the turn-1 rule ranks each needle: why Matched does or does not rise with K"
 
 setup: $(STAMP)
 
@@ -72,6 +73,10 @@ retention: setup
 
 repair: setup
 	$(BIN)/python -m phases.phase03_repair.run experiment=phase03_repair_4q
+
+EXPERIMENT ?= phase03_repair_4q
+rank-profile: setup
+	$(BIN)/python -m phases.phase03_repair.rank_profile experiment=$(EXPERIMENT)
 
 PHASE ?= phase03_repair_4q
 collect: setup

@@ -44,7 +44,7 @@ class CompressedQuestion:
         # contexts they outweigh the cache; otherwise just the window's, which end the prefill.
         last_n = None if prefill_queries else len(head) - window.start
         with capture_queries(model, last_n=last_n) as cap:
-            out = model(torch.tensor([head], device=device), use_cache=True)
+            out = model(torch.tensor([head], device=device), use_cache=True, logits_to_keep=1)
         self.root = TieredCache.from_hf(out.past_key_values)
         layers = self.root.num_layers
         queries = [cap.queries[layer][0] for layer in range(layers)]

@@ -35,7 +35,7 @@ class TurnResult:
 @torch.no_grad()
 def prefill(model, prompt_ids: list[int], warm_precision: str = "model") -> TieredCache:
     device = next(model.parameters()).device
-    out = model(torch.tensor([prompt_ids], device=device), use_cache=True)
+    out = model(torch.tensor([prompt_ids], device=device), use_cache=True, logits_to_keep=1)
     return TieredCache.from_hf(out.past_key_values, warm_precision=warm_precision)
 
 

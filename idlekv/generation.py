@@ -65,7 +65,8 @@ def run_turn(model, cache, turn_ids: list[int], max_new_tokens: int, stop_ids: I
     """Prefill a turn's tokens over a TieredCache (or MixedPrecisionCache), decode the answer greedily, keep both in the cache."""
     hf = cache.to_hf()
     ids = torch.tensor([turn_ids], device=cache.device)
-    logits = model(ids, past_key_values=hf, position_ids=cache.position_ids(len(turn_ids)), use_cache=True).logits[:, -1]
+    logits = model(ids, past_key_values=hf, position_ids=cache.position_ids(len(turn_ids)), use_cache=True,
+                   logits_to_keep=1).logits[:, -1]
     cache.absorb(hf)  # the turn's rows, at positions continuing the original sequence
     answer = greedy_decode(model, hf, logits, cache.seen_tokens, max_new_tokens, stop_ids)[0]
     cache.absorb(hf)  # the answer's rows
@@ -86,5 +87,6 @@ def resume_batch(model, caches, turn_ids: list[int], max_new_tokens: int, stop_i
     positions = caches[0].position_ids(len(turn_ids)).expand(batch, -1)
     if mask is not None:
         mask = torch.cat([mask, mask.new_ones(batch, len(turn_ids))], dim=1)
-    logits = model(ids, past_key_values=hf, position_ids=positions, attention_mask=mask, use_cache=True).logits[:, -1]
+    logits = model(ids, past_key_values=hf, position_ids=positions, attention_mask=mask, use_cache=True,
+                   logits_to_keep=1).logits[:, -1]
     return greedy_decode(model, hf, logits, start + len(turn_ids), max_new_tokens, stop_ids, attention_mask=mask)

@@ -181,7 +181,7 @@ class RepairEngine:
             hf = probe.to_hf()
             with capture_queries(self.model) as cap, torch.no_grad():
                 self.model(torch.tensor([turn_ids], device=comp.active.device), past_key_values=hf,
-                           position_ids=probe.position_ids(len(turn_ids)), use_cache=True)
+                           position_ids=probe.position_ids(len(turn_ids)), use_cache=True, logits_to_keep=1)
             forward = time.perf_counter() - start
             if "exact" in wanted:
                 start = time.perf_counter()

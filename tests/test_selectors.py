@@ -20,9 +20,9 @@ def compressed_cache(seed=0):
 
 
 def select(cache, selector, k, granularity, values=None, **kw):
-    cands = [cache.warm.candidates(l) for l in range(LAYERS)]
+    cands = [cache.warm.candidates(layer) for layer in range(LAYERS)]
     slots, positions = [c[0][0] for c in cands], [c[1][0] for c in cands]
-    values = values or [torch.rand(p.shape, generator=torch.Generator().manual_seed(l)) for l, p in enumerate(positions)]
+    values = values or [torch.rand(p.shape, generator=torch.Generator().manual_seed(layer)) for layer, p in enumerate(positions)]
     per_unit = unit_scores(values, positions, N, granularity)
     orders = [selector.order(per_unit[u], ~per_unit[u].isnan(), k, **kw) for u in range(per_unit.shape[0])]
     return take_first_k(orders, positions, slots, k, granularity, N)

@@ -133,7 +133,7 @@ def test_forks_are_independent(tiny_model, token_ids):
 
 def test_absorb_then_continue_equals_one_long_forward(tiny_model, token_ids):
     plain = tiny_model(token_ids).logits
-    cache = TieredCache.from_tensors(*zip(*[(l.keys, l.values) for l in tiny_model(token_ids[:, :32], use_cache=True).past_key_values.layers]))
+    cache = TieredCache.from_tensors(*zip(*[(layer.keys, layer.values) for layer in tiny_model(token_ids[:, :32], use_cache=True).past_key_values.layers]))
     for start in (32, 40):
         hf = cache.to_hf()
         out = tiny_model(token_ids[:, start : start + 8], past_key_values=hf, position_ids=cache.position_ids(8)).logits

@@ -86,7 +86,7 @@ def run_reference_sample(engine: RepairEngine, sample) -> tuple[float, int]:
                     hf = probe.to_hf()
                     with capture_queries(model) as cap:
                         model(torch.tensor([turn_ids], device=comp.active.device), past_key_values=hf,
-                              position_ids=probe.position_ids(len(turn_ids)), use_cache=True)
+                              position_ids=probe.position_ids(len(turn_ids)), use_cache=True, logits_to_keep=1)
                     signals["exact"] = signals["proxy"] = (reference_exact_scores(comp, [cap.queries[i][0] for i in range(comp.num_layers)]), 0.0)
                 elif cond.signal == "stale":
                     signals["stale"] = (reference_exact_scores(comp, stale_q), 0.0)

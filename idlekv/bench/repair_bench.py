@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from idlekv.bench.reference_protocol import reference_exact_scores, run_reference_sample
+from idlekv.bench.roofline import matmul_gflops, scoring_flops
 from idlekv.bench.timing import median_seconds
 from idlekv.cache import TieredCache
 from idlekv.protocol import EngineConfig, RepairEngine
@@ -116,11 +117,21 @@ def part_b_c(args, device) -> dict:
     top = 1024
     overlap = len(set(a.topk(top).indices.tolist()) & set(b.topk(top).indices.tolist())) / top
     rel = float(((a - b).abs().max() / b.abs().max()))
+    rows = args.candidates + args.active
+    flops = scoring_flops(28, 28, args.queries, rows, 128)
+    ceiling_ours = matmul_gflops(4, 28 // 4 * args.queries, rows, 128, torch.bfloat16, device, args.reps)
+    ceiling_ref = matmul_gflops(28, args.queries, rows, 128, torch.float32, "cpu", args.reps)
     result = {"b": {"candidates": args.candidates, "active": args.active, "queries": args.queries, "ours_s": ours_s,
-                    "reference_s": ref_s, "ratio": ref_s / ours_s, "top1024_overlap": overlap, "max_rel_diff": rel}}
+                    "reference_s": ref_s, "ratio": ref_s / ours_s, "top1024_overlap": overlap, "max_rel_diff": rel,
+                    "gflop": flops / 1e9, "ours_gflops": flops / ours_s / 1e9, "reference_gflops": flops / ref_s / 1e9,
+                    "matmul_gflops_bf16": ceiling_ours, "matmul_gflops_cpu_fp32": ceiling_ref}}
     print(f"(b) exact scoring, Qwen2.5-7B-shaped tiers, {args.candidates} warm candidates, {args.active} active rows, {args.queries} query tokens, on {device}:")
     print(f"    ours {ours_s * 1e3:.0f} ms | reference CPU fp32 {ref_s * 1e3:.0f} ms | {ref_s / ours_s:.1f}x faster; "
           f"top-1024 agreement {overlap:.3f}, max relative score difference {rel:.4f}")
+    ours_rate, ref_rate = flops / ours_s / 1e9, flops / ref_s / 1e9
+    print(f"    {flops / 1e9:.0f} GFLOP of logits: ours at {ours_rate:.0f} GFLOP/s ({ours_rate / ceiling_ours:.0%} of a bare bf16 matmul's "
+          f"{ceiling_ours:.0f} on {device}), the reference at {ref_rate:.0f} ({ref_rate / ceiling_ref:.0%} of a bare fp32 matmul's "
+          f"{ceiling_ref:.0f} on the CPU): at the bare matmul's speed ours would be {ceiling_ours / ref_rate:.1f}x faster")
     split = []
     per_unit = unit_scores(ours.warm, ours.warm_positions, cache.seen_tokens, "shared")
     for k in args.ks:

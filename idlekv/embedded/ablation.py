@@ -31,7 +31,7 @@ def remove_rows(cache: TieredCache, rows: list[int]) -> None:
     """
     drop = set(rows)
     reference = cache.active.positions(0)[0, 0]
-    if any(not bool((cache.active.positions(l)[0] == reference).all()) for l in range(cache.num_layers)):
+    if any(not bool((cache.active.positions(layer)[0] == reference).all()) for layer in range(cache.num_layers)):
         raise ValueError("remove_rows needs a cache whose layers and heads hold the same rows (an uncompressed one)")
     positions = reference.tolist()
     keep = torch.tensor([i for i, p in enumerate(positions) if p not in drop])

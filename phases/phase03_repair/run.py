@@ -44,6 +44,12 @@ def report(frame, config: dict) -> list[Path]:
     return [csv, figure]
 
 
+def phase_sample(phase: DictConfig, label: str, index: int, tokenizer):
+    """Sample `index` of the split `label`, as the phase config defines them."""
+    options = dict(OmegaConf.to_container(phase.splits[label]), num_keys=phase.num_keys, num_queries=phase.num_keys)
+    return generate(phase.task, phase.length, index, tokenizer, phase.base_seed, **options)
+
+
 def engine_from_config(cfg: DictConfig, lm) -> RepairEngine:
     rule = rule_for_model(OmegaConf.to_container(cfg.retention), cfg.model.path)
     repair = cfg.repair
@@ -69,8 +75,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     todo = [(label, i) for label, i in work
             if not all(store.is_done({"task": phase.task, "split": label, "index": i, "condition": n, "B": b, "K": k}) for n, b, k in cells_per_sample)]
     for label, index in tqdm(todo, desc=phase.name, unit="sample"):
-        options = dict(OmegaConf.to_container(phase.splits[label]), num_keys=phase.num_keys, num_queries=phase.num_keys)
-        sample = generate(phase.task, phase.length, index, lm.tokenizer, phase.base_seed, **options)
+        sample = phase_sample(phase, label, index, lm.tokenizer)
         for row in engine.run_sample(sample, {"task": phase.task, "split": label}):
             if not store.is_done(row):
                 store.append(row)

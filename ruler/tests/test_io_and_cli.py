@@ -43,7 +43,7 @@ def test_cli_writes_a_task(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "wrote 4 samples" in result.stdout
-    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 4 and all(r["length"] <= 768 for r in rows) and rows[0]["options"]["split"] == "clean"
 
 
