@@ -45,8 +45,12 @@ def report(frame, config: dict) -> list[Path]:
 
 
 def phase_sample(phase: DictConfig, label: str, index: int, tokenizer):
-    """Sample `index` of the split `label`, as the phase config defines them."""
-    options = dict(OmegaConf.to_container(phase.splits[label]), num_keys=phase.num_keys, num_queries=phase.num_keys)
+    """Sample `index` of the split `label`, as the phase config defines them.
+
+    `+phase.num_distractors=N` adds N needles that no turn asks about (RULER's multikey distractors).
+    """
+    keys = phase.num_keys + phase.get("num_distractors", 0)
+    options = dict(OmegaConf.to_container(phase.splits[label]), num_keys=keys, num_queries=phase.num_keys)
     return generate(phase.task, phase.length, index, tokenizer, phase.base_seed, **options)
 
 
