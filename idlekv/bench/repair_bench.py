@@ -90,6 +90,12 @@ def part_a(args, device) -> dict:
     print(f"    all-in:   ours {result['ours_ms_per_cell']:.1f} ms/cell | reference protocol {result['reference_ms_per_cell']:.1f} ms/cell | {result['ratio']:.1f}x cheaper")
     print(f"    per cell, after the {result['shared_ms_per_sample']:.0f} ms/sample both share (prefill, turn 1, rule, Full's resume): "
           f"ours {result['ours_marginal_ms_per_cell']:.2f} ms | reference {result['reference_marginal_ms_per_cell']:.2f} ms | {result['marginal_ratio']:.1f}x cheaper")
+    repaired = [r for r in rows if r["condition"] != "Full"]
+    split = {k: 1e3 * statistics.mean(r[f"{k}_s"] for r in repaired) for k in ("select", "promote", "resume")}
+    result["ours_per_repaired_cell_ms"] = split
+    print(f"    ours per repaired cell: resume {split['resume']:.2f} ms (its share of the batched turn-2 prefill and decode), "
+          f"select {split['select']:.2f} ms, promote {split['promote']:.2f} ms; next-turn signal "
+          f"{result['embedded_split_ms']['score']:.1f} ms per B")
     return result
 
 
