@@ -42,6 +42,7 @@ def write_frontier(summary: pd.DataFrame, path: Path, title: str | None = None) 
             ax.plot(line["K"], line["accuracy"], style, marker="o", markersize=3, label=name)
         ctx = int(part["context_tokens"].mean())
         ax.set_title(f"{part['task'].iloc[0]}\n{split} split, B={b}, ~{ctx} context tokens", fontsize=9)
+        ax.set_xticks(sorted(part["K"].unique()))  # the measured K, not fractional ticks
         ax.set_xlabel("K (rows promoted; resumed budget B+K)")
         ax.set_ylabel("turn-2 gold values recovered")
         ax.set_ylim(-0.02, 1.02)
