@@ -30,6 +30,7 @@ from phases.common import ROOT, load_phase_model, phase_main
 from phases.phase03_repair.run import engine_from_config, phase_sample
 from ruler import Sample
 
+
 def band_edges(protected: int, budgets: list[int], max_k: int, n: int) -> list[int]:
     """Rank cut points: the rule's forced rows, every B, every B + max K, the end."""
     cuts = {protected, n, *budgets, *(b + max_k for b in budgets)}
