@@ -30,6 +30,7 @@ from ruler.sample import Sample
 
 KINDS = ("full", "repair", "refresh")
 SIGNALS = ("exact", "proxy", "stale", "rule", None)
+ANCHORS = ("warm", "all")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ class Condition:
     selector: str | None = None
     granularity: str = "shared"  # shared | layer | head
     deployable: bool = True
+    # Where topk_burst may anchor a burst: "warm" (the evicted rows, as the reference ranks
+    # them) or "all" (active rows too, so a burst can fill the evicted rows around a row the
+    # next turn attends to that the rule kept: a needle kept with holes in its value).
+    anchors: str = "warm"
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -52,6 +57,11 @@ class Condition:
             raise ValueError(f"condition {self.name}: a repair needs a selector")
         if self.kind == "refresh" and self.signal is None:
             raise ValueError(f"condition {self.name}: a refresh re-selects by a signal; name one")
+        if self.anchors not in ANCHORS:
+            raise ValueError(f"condition {self.name}: anchors {self.anchors!r} not in {ANCHORS}")
+        if self.anchors == "all" and (self.kind != "repair" or self.selector != "topk_burst" or self.signal not in ("exact", "proxy", "stale")):
+            raise ValueError(f"condition {self.name}: anchors='all' needs a topk_burst repair scored by exact, proxy or stale "
+                             "(the signals that also score the active rows)")
 
 
 STANDARD_CONDITIONS = (
@@ -207,9 +217,11 @@ class RepairEngine:
             slots, positions = [c[0][0] for c in cands], [c[1][0] for c in cands]
             values = [torch.zeros(p.shape) for p in positions]
         per_unit = unit_scores(values, positions, n_ctx, cond.granularity)
+        anchor_units = self._context_units(signals[cond.signal][0], n_ctx, cond.granularity) if cond.anchors == "all" else None
         spans = [(n.token_start, n.token_end) for n in sample.needles_for_turn(self.config.turn)]
         selector = self.selectors[cond.selector]
-        orders = [selector.order(per_unit[u], ~per_unit[u].isnan(), k, seed=sample.seed + 7919 * k + b, spans=spans)
+        orders = [selector.order(per_unit[u], ~per_unit[u].isnan(), k, seed=sample.seed + 7919 * k + b, spans=spans,
+                                 anchor_scores=None if anchor_units is None else anchor_units[u])
                   for u in range(per_unit.shape[0])]
         selection = take_first_k(orders, positions, slots, k, cond.granularity, n_ctx)
         select_s = time.perf_counter() - start
@@ -217,17 +229,21 @@ class RepairEngine:
         cache.promote(selection)
         return cache, select_s, time.perf_counter() - start
 
-    def _refresh(self, cond: Condition, root: TieredCache, signals, budget: int, n_ctx: int, sample: Sample):
-        start = time.perf_counter()
-        granularity = cond.granularity
-        rs = signals[cond.signal][0]
+    @staticmethod
+    def _context_units(rs: RowScores, n_ctx: int, granularity: str) -> torch.Tensor:
+        """Unit scores of every context row, active and warm (NaN where a unit holds no row)."""
         values, positions = [], []
         for a, w, pa, pw in zip(rs.active, rs.warm, rs.active_positions, rs.warm_positions):
             v, p = torch.cat([a, w], dim=-1), torch.cat([pa.to(pw.device), pw], dim=-1)
-            inside = p < n_ctx  # the tail (every head holds all of it) stays outside the budget anyway
+            inside = p < n_ctx  # the tail (every head holds all of it) is never a context row
             values.append(v[inside].view(v.shape[0], -1))
             positions.append(p[inside].view(p.shape[0], -1))
-        per_unit = unit_scores(values, positions, n_ctx, granularity).nan_to_num(0.0)
+        return unit_scores(values, positions, n_ctx, granularity)
+
+    def _refresh(self, cond: Condition, root: TieredCache, signals, budget: int, n_ctx: int, sample: Sample):
+        start = time.perf_counter()
+        granularity = cond.granularity
+        per_unit = self._context_units(signals[cond.signal][0], n_ctx, granularity).nan_to_num(0.0)
         if cond.selector is not None:  # the repair's own selector over every context row (bursts included)
             spans = [(n.token_start, n.token_end) for n in sample.needles_for_turn(self.config.turn)]
             selector, everything = self.selectors[cond.selector], torch.ones(n_ctx, dtype=torch.bool, device=per_unit.device)

@@ -179,6 +179,30 @@ def test_conditions_are_validated():
         Condition("x", "repair", "exact")
     with pytest.raises(ValueError, match="kind"):
         Condition("x", "magic")
+    with pytest.raises(ValueError, match="anchors"):
+        Condition("x", "repair", "exact", "topk_burst", anchors="some")
+    for wrong in (dict(selector="coverage"), dict(signal="rule", selector="topk_burst")):
+        with pytest.raises(ValueError, match="anchors='all'"):
+            Condition("x", "repair", **{"signal": "exact", **wrong}, anchors="all")
+
+
+def test_active_anchored_idlekv_promotes_exactly_k_warm_rows(setup):
+    tok, model, sample, engine = setup
+    first = engine.turn_one(sample)
+    root, n_ctx = first.root, first.context_length
+    scores = engine.rule.score(first.rule_inputs())
+    comp = root.fork()
+    comp.compress(engine._keep(scores, B, root, n_ctx), reserve=40)
+    signals = engine._signals(comp, engine.next_turn_ids(sample, first.answer), None, scores, {"exact"})
+    for granularity in ("shared", "head"):
+        cond = Condition("IdleKV", "repair", "exact", "topk_burst", granularity=granularity, anchors="all")
+        repaired, _, _ = engine._repair(cond, comp, 40, n_ctx, signals, sample, B)
+        for layer in range(root.num_layers):
+            before, after = comp.active.positions(layer)[0], repaired.active.positions(layer)[0]
+            for head in range(root.active.kv_heads):
+                added = set(after[head].tolist()) - set(before[head].tolist())
+                assert set(before[head].tolist()) <= set(after[head].tolist())
+                assert len(added) == 40 and max(added) < n_ctx and after[head].unique().numel() == after.shape[1]
 
 
 def test_padded_batches_of_different_sizes_equal_one_at_a_time(setup):

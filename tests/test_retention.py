@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from idlekv.retention import BudgetError, KeepAll, RetentionInputs, SnapKV, StreamingLLM, build_rule
+from idlekv.retention import BudgetError, KeepAll, ReferenceSnapKV, RetentionInputs, SnapKV, StreamingLLM, build_rule
 
 
 def inputs(n=32, heads=2, q_heads=4, d=8, w=3, seed=0):
@@ -34,6 +34,28 @@ def test_snapkv_matches_a_hand_computation():
     assert torch.allclose(scores[layer, head], expected, atol=1e-6)
     keep = rule.keep(x, 5)
     assert torch.equal(keep[layer, head], expected.topk(5).indices.sort().values)
+
+
+@pytest.mark.parametrize("aggregate", ["max", "mean"])
+def test_reference_snapkv_is_the_windows_keys_as_queries_shared_by_every_head(aggregate):
+    """The reference's rule: the window rows' own keys as queries, no pooling, the mean over
+    every layer and KV head of the softmax scores, one ranking for all of them."""
+    x = inputs()
+    scores = ReferenceSnapKV(sinks=0, recent=0, aggregate=aggregate).score(x)
+    expected = []
+    for layer in range(2):
+        for head in range(2):
+            k = x.keys[layer][head]
+            logits = k[32:] @ k.T / 8**0.5
+            causal = torch.arange(35)[None, :] <= torch.arange(32, 35)[:, None]
+            probs = torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)
+            expected.append((probs.amax(dim=0) if aggregate == "max" else probs.mean(dim=0))[:32])
+    expected = torch.stack(expected).mean(dim=0)
+    assert scores.shape == (2, 2, 32)
+    assert all(torch.allclose(s, expected, atol=1e-6) for s in scores.reshape(-1, 32))
+    with pytest.raises(ValueError, match="aggregate"):
+        ReferenceSnapKV(aggregate="median")
+    assert isinstance(build_rule("snapkv_reference"), ReferenceSnapKV)
 
 
 def test_snapkv_pooling_spreads_a_peak_to_its_neighbours():

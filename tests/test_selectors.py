@@ -52,6 +52,38 @@ def test_too_large_a_k_is_refused():
         select(compressed_cache(), TopKBurst(), 50, "shared")
 
 
+@pytest.mark.parametrize("granularity", ["shared", "layer", "head"])
+def test_active_anchored_bursts_bring_exactly_k_distinct_warm_rows(granularity):
+    """anchor_scores rank every row, active ones too; the bursts still bring only warm rows."""
+    cache = compressed_cache()
+    anchor = torch.rand(N, generator=torch.Generator().manual_seed(3))
+    cands = [cache.warm.candidates(layer) for layer in range(LAYERS)]
+    slots, positions = [c[0][0] for c in cands], [c[1][0] for c in cands]
+    per_unit = unit_scores([torch.rand(p.shape) for p in positions], positions, N, granularity)
+    orders = [TopKBurst(-1, 3).order(per_unit[u], ~per_unit[u].isnan(), 16, anchor_scores=anchor) for u in range(per_unit.shape[0])]
+    selection = take_first_k(orders, positions, slots, 16, granularity, N)
+    for layer, idx in enumerate(selection):
+        chosen = torch.gather(cache.warm.positions(layer)[0], 1, idx[0])
+        active = cache.active.positions(layer)[0]
+        for head in range(HEADS):
+            assert len(set(chosen[head].tolist())) == 16
+            assert not set(chosen[head].tolist()) & set(active[head].tolist())
+
+
+def test_an_active_anchor_fills_the_evicted_rows_around_it():
+    """A kept row the next turn attends to most (a needle kept with holes) anchors the burst;
+    warm-only anchors would start from the best evicted row instead."""
+    candidates = torch.ones(100, dtype=torch.bool)
+    candidates[[50, 52, 54]] = False  # kept by the rule; 51 and 53 were evicted
+    warm = torch.zeros(100)
+    warm[80] = 0.5  # the best evicted row, elsewhere
+    anchor = warm.clone()
+    anchor[50] = 1.0  # the best row of all is active
+    burst = TopKBurst(0, 4)
+    assert burst.order(warm, candidates, 2, anchor_scores=anchor)[:2].tolist() == [51, 53]
+    assert burst.order(warm, candidates, 2)[:2].tolist() == [80, 81]
+
+
 def test_burst_brings_the_anchor_neighbourhood():
     scores = torch.zeros(100)
     scores[50] = 1.0

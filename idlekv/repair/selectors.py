@@ -47,9 +47,15 @@ class TopKBurst:
     name = "topk_burst"
     needs_scores = True
 
-    def order(self, scores: torch.Tensor, candidates: torch.Tensor, k: int, **_) -> torch.Tensor:
+    def order(self, scores: torch.Tensor, candidates: torch.Tensor, k: int, anchor_scores: torch.Tensor | None = None, **_) -> torch.Tensor:
+        """`anchor_scores`, when given, rank the anchors over every row (active ones too); the
+        bursts still bring only candidates, so a kept row can anchor the evicted rows around it."""
         s = torch.where(candidates, scores.nan_to_num(float("-inf")), torch.full_like(scores, float("-inf")))
-        anchors = s.argsort(descending=True, stable=True)[: max(k, 1)]
+        ranked = s if anchor_scores is None else anchor_scores.nan_to_num(float("-inf"))
+        # A candidate anchor brings at least itself, so K of them fill K rows; anchors that
+        # are not candidates may bring nothing, so up to that many more can come first.
+        limit = max(k, 1) + (0 if anchor_scores is None else int((~candidates).sum()))
+        anchors = ranked.argsort(descending=True, stable=True)[:limit]
         offsets = torch.arange(self.lo, self.hi + 1, device=scores.device)
         bursts = (anchors[:, None] + offsets[None, :]).reshape(-1)
         return _fill(bursts, candidates, -s)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-ORDER = ["Full", "Refresh-buffered", "SpanRef-K", "IdleKV", "Coverage", "Matched", "Random-K", "Oldest-K"]
+ORDER = ["Full", "Refresh-buffered", "SpanRef-K", "IdleKV", "IdleKV-warm", "Coverage", "Matched", "Random-K", "Oldest-K"]
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
@@ -30,7 +30,7 @@ def write_frontier(summary: pd.DataFrame, path: Path, title: str | None = None) 
     import matplotlib.pyplot as plt
 
     panels = list(summary.groupby(["split", "B"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.4, 3.8), squeeze=False)
     for ax, ((split, b), part) in zip(axes[0], panels):
         names = [n for n in ORDER if n in set(part["condition"])] + sorted(set(part["condition"]) - set(ORDER))
         for name in names:
@@ -47,7 +47,7 @@ def write_frontier(summary: pd.DataFrame, path: Path, title: str | None = None) 
         ax.set_ylabel("turn-2 gold values recovered")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # outside: the lines fill the panel
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -70,7 +70,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     phase = cfg.phase
     lm = load_phase_model(cfg, "phase03")
     engine = engine_from_config(cfg, lm)
-    locked = {k: OmegaConf.to_container(cfg[k]) for k in ("retention", "repair", "phase")} | {"model": locked_model(cfg), "seed": cfg.seed}
+    locked = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("retention", "repair", "phase")} | {"model": locked_model(cfg), "seed": cfg.seed}
     env = environment()
     store = ResultStore(run_dir, KEY_FIELDS, config=locked, environment=env)
     logger = make_logger(OmegaConf.to_container(cfg.logger), run_dir, locked, env)

@@ -36,7 +36,9 @@ def test_killed_sweep_resumes_without_lost_or_duplicate_rows(tiny_model_dir, tmp
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     done = subprocess.run(command(tiny_model_dir, clean), cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    total = SAMPLES * 8 * len(KS)
+    conditions = json.loads((clean / "run" / "config.json").read_text())["repair"]["conditions"]
+    assert len(conditions) >= 8
+    total = SAMPLES * len(conditions) * len(KS)
     assert len(rows(clean)) == total
 
     proc = subprocess.Popen(command(tiny_model_dir, killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
