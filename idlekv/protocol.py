@@ -209,15 +209,17 @@ class RepairEngine:
     def _repair(self, cond: Condition, comp: TieredCache, k: int, n_ctx: int, signals, sample: Sample, b: int):
         cache = comp.fork()
         start = time.perf_counter()
+        anchor_units = None
         if cond.signal is not None:
             rs = signals[cond.signal][0]
-            values, positions, slots = rs.warm, rs.warm_positions, rs.warm_slots
+            positions, slots = rs.warm_positions, rs.warm_slots
+            per_unit = rs.units(n_ctx, cond.granularity)
+            if cond.anchors == "all":
+                anchor_units = rs.units(n_ctx, cond.granularity, rows="context")
         else:
             cands = [cache.warm.candidates(layer) for layer in range(cache.num_layers)]
             slots, positions = [c[0][0] for c in cands], [c[1][0] for c in cands]
-            values = [torch.zeros(p.shape) for p in positions]
-        per_unit = unit_scores(values, positions, n_ctx, cond.granularity)
-        anchor_units = self._context_units(signals[cond.signal][0], n_ctx, cond.granularity) if cond.anchors == "all" else None
+            per_unit = unit_scores([torch.zeros(p.shape) for p in positions], positions, n_ctx, cond.granularity)
         spans = [(n.token_start, n.token_end) for n in sample.needles_for_turn(self.config.turn)]
         selector = self.selectors[cond.selector]
         orders = [selector.order(per_unit[u], ~per_unit[u].isnan(), k, seed=sample.seed + 7919 * k + b, spans=spans,
@@ -229,21 +231,10 @@ class RepairEngine:
         cache.promote(selection)
         return cache, select_s, time.perf_counter() - start
 
-    @staticmethod
-    def _context_units(rs: RowScores, n_ctx: int, granularity: str) -> torch.Tensor:
-        """Unit scores of every context row, active and warm (NaN where a unit holds no row)."""
-        values, positions = [], []
-        for a, w, pa, pw in zip(rs.active, rs.warm, rs.active_positions, rs.warm_positions):
-            v, p = torch.cat([a, w], dim=-1), torch.cat([pa.to(pw.device), pw], dim=-1)
-            inside = p < n_ctx  # the tail (every head holds all of it) is never a context row
-            values.append(v[inside].view(v.shape[0], -1))
-            positions.append(p[inside].view(p.shape[0], -1))
-        return unit_scores(values, positions, n_ctx, granularity)
-
     def _refresh(self, cond: Condition, root: TieredCache, signals, budget: int, n_ctx: int, sample: Sample):
         start = time.perf_counter()
         granularity = cond.granularity
-        per_unit = self._context_units(signals[cond.signal][0], n_ctx, granularity).nan_to_num(0.0)
+        per_unit = signals[cond.signal][0].units(n_ctx, granularity, rows="context").nan_to_num(0.0)
         if cond.selector is not None:  # the repair's own selector over every context row (bursts included)
             spans = [(n.token_start, n.token_end) for n in sample.needles_for_turn(self.config.turn)]
             selector, everything = self.selectors[cond.selector], torch.ones(n_ctx, dtype=torch.bool, device=per_unit.device)

@@ -221,3 +221,24 @@ def test_the_reference_protocol_baseline_runs_every_cell(setup):
     _, _, sample, engine = setup
     seconds, cells = run_reference_sample(engine, sample)
     assert cells == len(engine.config.conditions) * len(KS) and seconds > 0
+
+
+def test_unit_scores_of_a_signal_are_computed_once_per_granularity(setup):
+    """Every K of a B reuses them; 'context' covers every context row, 'warm' only evicted ones."""
+    from idlekv.repair.granularity import unit_scores
+
+    tok, model, sample, engine = setup
+    first = engine.turn_one(sample)
+    root, n_ctx = first.root, first.context_length
+    comp = root.fork()
+    comp.compress(engine._keep(engine.rule.score(first.rule_inputs()), B, root, n_ctx), reserve=40)
+    rs = engine._signals(comp, engine.next_turn_ids(sample, first.answer), None, None, {"exact"})["exact"][0]
+    warm = rs.units(n_ctx, "shared")
+    assert rs.units(n_ctx, "shared") is warm and rs.units(n_ctx, "head") is not warm
+    assert torch.equal(warm.nan_to_num(-1), unit_scores(rs.warm, rs.warm_positions, n_ctx, "shared").nan_to_num(-1))
+    context = rs.units(n_ctx, "shared", rows="context")
+    assert not context.isnan().any() and context.shape == (1, n_ctx)
+    kept_everywhere = warm[0].isnan()  # rows no head evicted (the sinks, the recent window): only in the context units
+    assert kept_everywhere[:4].all() and kept_everywhere[n_ctx - 16 :].all() and not kept_everywhere.all()
+    with pytest.raises(ValueError, match="rows"):
+        rs.units(n_ctx, "shared", rows="tail")

@@ -13,13 +13,14 @@ model does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from idlekv.cache import TieredCache
 from idlekv.cache.quant import QuantizedRows, dequantize
 from idlekv.cache.selection import gather_rows
+from idlekv.repair.granularity import unit_scores
 
 
 @dataclass
@@ -31,6 +32,26 @@ class RowScores:
     warm_slots: list[torch.Tensor]  # (kv_heads, m) warm-tier slots
     active: list[torch.Tensor]  # (kv_heads, r)
     active_positions: list[torch.Tensor]  # (kv_heads, r)
+    _units: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def units(self, length: int, granularity: str, rows: str = "warm") -> torch.Tensor:
+        """(units, length) unit scores of the warm rows, or of every row below `length`
+        (rows="context": active and warm); computed once, since every K of a B asks again."""
+        key = (rows, length, granularity)
+        if key not in self._units:
+            if rows == "warm":
+                values, positions = self.warm, self.warm_positions
+            elif rows == "context":
+                values, positions = [], []
+                for a, w, pa, pw in zip(self.active, self.warm, self.active_positions, self.warm_positions):
+                    v, p = torch.cat([a, w], dim=-1), torch.cat([pa.to(pw.device), pw], dim=-1)
+                    inside = p < length  # the tail (every head holds all of it) is never a context row
+                    values.append(v[inside].view(v.shape[0], -1))
+                    positions.append(p[inside].view(p.shape[0], -1))
+            else:
+                raise ValueError(f"rows {rows!r} not in ('warm', 'context')")
+            self._units[key] = unit_scores(values, positions, length, granularity)
+        return self._units[key]
 
 
 def _grouped_logits(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
