@@ -109,8 +109,9 @@ class EngineConfig:
     coverage_width: int = 23
     seed: int = 0
     turn: int = 1  # the turn that is repaired and scored (0-based): turn 2
-    # Conditions of all K of one B resume together, padded to the largest; a batch holds at
-    # most this many (padded rows x caches), so large models split into several batches.
+    # The conditions of every (B, K) of a sample resume together, padded to the largest; a
+    # batch holds at most this many (padded rows x caches), so large models split into
+    # several batches, and the caches waiting for a batch stay within it too.
     resume_batch_rows: int = 131072
     extra: dict = field(default_factory=dict)
 
@@ -290,26 +291,35 @@ class RepairEngine:
                 for k in cfg.ks:
                     record(full, root, answer, b, k, resume_s=resume_s)
 
+        pending = []  # (condition, cache, timings, B, K), resumed together across budgets
+
+        def resume_pending():
+            for batch in _batches(pending, cfg.resume_batch_rows):
+                start = time.perf_counter()
+                answers = resume_batch(self.model, [c for _, c, _, _, _ in batch], turn_ids, cfg.max_new_tokens, self.stop_ids)
+                resume_s = (time.perf_counter() - start) / len(batch)
+                for (cond, cache, timing, b, k), answer in zip(batch, answers):
+                    record(cond, cache, answer, b, k, resume_s=resume_s, **timing)
+            pending.clear()
+
         for b in cfg.budgets:
             comp = root.fork()
             comp.compress(self._keep(scores, b, root, n_ctx), reserve=max(cfg.ks))
             signals = self._signals(comp, turn_ids, stale_q, scores)
-            pending = []  # (condition, cache, timings, K)
             for k in cfg.ks:
                 for cond in cfg.conditions:
                     if cond.kind == "repair":
                         cache, select_s, promote_s = self._repair(cond, comp, k, n_ctx, signals, sample, b)
                         score_s = signals[cond.signal][1] if cond.signal else 0.0
-                        pending.append((cond, cache, {"score_s": score_s, "select_s": select_s, "promote_s": promote_s}, k))
+                        pending.append((cond, cache, {"score_s": score_s, "select_s": select_s, "promote_s": promote_s}, b, k))
                     elif cond.kind == "refresh":
                         cache, select_s = self._refresh(cond, root, signals, b + k, n_ctx, sample)
-                        pending.append((cond, cache, {"score_s": signals[cond.signal][1], "select_s": select_s}, k))
-            for batch in _batches(pending, cfg.resume_batch_rows):
-                start = time.perf_counter()
-                answers = resume_batch(self.model, [c for _, c, _, _ in batch], turn_ids, cfg.max_new_tokens, self.stop_ids)
-                resume_s = (time.perf_counter() - start) / len(batch)
-                for (cond, cache, timing, k), answer in zip(batch, answers):
-                    record(cond, cache, answer, b, k, resume_s=resume_s, **timing)
+                        pending.append((cond, cache, {"score_s": signals[cond.signal][1], "select_s": select_s}, b, k))
+            # Budgets share batches (fewer, fuller forwards) while the caches held stay within
+            # one batch's rows; past that, resume now so memory does not grow with the grid.
+            if sum(p[1].rows for p in pending) >= cfg.resume_batch_rows:
+                resume_pending()
+        resume_pending()
         return rows
 
 

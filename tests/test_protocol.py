@@ -163,15 +163,56 @@ def test_exact_scores_stream_in_chunks_and_match_a_direct_softmax(dropped):
         cache.drop_warm([torch.tensor([[1, 5], [2, 9]])] * 2)
     queries = [torch.randn(4, 5, 8, generator=gen) for _ in range(2)]
     chunked, whole = score_rows(cache, queries, chunk_rows=7), score_rows(cache, queries, chunk_rows=10_000)
+    recomputed = score_rows(cache, queries, chunk_rows=7, max_logit_bytes=0)  # chunk logits recomputed, not kept
     layer = 1
-    slots, positions = cache.warm.candidates(layer)
-    all_keys = torch.cat([cache.active.keys(layer)[0], torch.gather(cache.warm._k[layer].data[0], 1, slots[0][..., None].expand(-1, -1, 8))], dim=1)
-    q = queries[layer].view(2, 2, 5, 8)
-    probs = torch.softmax(q @ all_keys[:, None].transpose(-1, -2) / 8**0.5, dim=-1)  # (kv, group, T, rows)
-    expected = probs.amax(dim=2).mean(dim=1)[:, cache.rows :]
-    assert torch.allclose(whole.warm[layer], expected, atol=1e-6)
-    assert torch.allclose(chunked.warm[layer], expected, atol=1e-6)
+    _, positions = cache.warm.candidates(layer)
+    expected, expected_active = direct_scores(cache, queries, layer)
+    for scores in (whole, chunked, recomputed):
+        assert torch.allclose(scores.warm[layer], expected, atol=1e-6)
+        assert torch.allclose(scores.active[layer], expected_active, atol=1e-6)
     assert torch.equal(whole.warm_positions[layer], positions[0])
+
+
+def direct_scores(cache, queries, layer):
+    """The exact signal by its definition, in float64: (warm, active) scores per KV head."""
+    slots, _ = cache.warm.candidates(layer)
+    d = queries[layer].shape[-1]
+    warm = torch.gather(cache.warm._k[layer].data[0], 1, slots[0][..., None].expand(-1, -1, d))
+    all_keys = torch.cat([cache.active.keys(layer)[0], warm], dim=1).double()
+    heads = all_keys.shape[0]
+    q = queries[layer].double().view(heads, -1, queries[layer].shape[1], d)
+    probs = torch.softmax(q @ all_keys[:, None].transpose(-1, -2) / d**0.5, dim=-1)  # (kv, group, T, rows)
+    per_row = probs.amax(dim=2).mean(dim=1).float()
+    return per_row[:, cache.rows :], per_row[:, : cache.rows]
+
+
+def test_exact_scores_survive_a_warm_logit_far_above_every_active_one():
+    # The running normaliser shifts each chunk; a warm row 200 (natural units) above every
+    # active logit would overflow exp2 there, so that chunk takes its own max.
+    gen = torch.Generator().manual_seed(1)
+    keys = [torch.randn(1, 2, 40, 8, generator=gen)]
+    queries = [torch.randn(2, 3, 8, generator=gen)]
+    keys[0][0, :, 30] = queries[0][:, 0] * (200 * 8**0.5 / queries[0][:, 0].pow(2).sum(-1, keepdim=True))
+    cache = TieredCache.from_tensors(keys, [k.clone() for k in keys])
+    cache.compress(torch.arange(0, 20))
+    scores = score_rows(cache, queries, chunk_rows=4)
+    expected, expected_active = direct_scores(cache, queries, 0)
+    assert torch.isfinite(scores.warm[0]).all()
+    assert torch.allclose(scores.warm[0], expected, atol=1e-6)
+    assert torch.allclose(scores.active[0], expected_active, atol=1e-6)
+
+
+def test_exact_scores_of_a_bf16_cache_match_the_float64_definition():
+    gen = torch.Generator().manual_seed(2)
+    keys = [torch.randn(1, 2, 300, 16, generator=gen).bfloat16()]
+    queries = [(torch.randn(4, 6, 16, generator=gen) * 2).bfloat16()]
+    cache = TieredCache.from_tensors(keys, [k.clone() for k in keys])
+    cache.compress(torch.arange(0, 300, 5))
+    scores = score_rows(cache, queries, chunk_rows=64)
+    expected, _ = direct_scores(cache, queries, 0)
+    assert scores.warm[0].dtype == torch.float32
+    # bf16 logits (8 bits of mantissa) bound the agreement, not the fp32 softmax
+    assert (scores.warm[0] - expected).abs().max() <= 0.02 * expected.abs().max()
 
 
 def test_conditions_are_validated():
