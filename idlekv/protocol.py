@@ -207,25 +207,38 @@ class RepairEngine:
         return out
 
     # --- one condition's cache ---------------------------------------------------------------
-    def _repair(self, cond: Condition, comp: TieredCache, k: int, n_ctx: int, signals, sample: Sample, b: int):
+    def _repair(self, cond: Condition, comp: TieredCache, k: int, n_ctx: int, signals, sample: Sample, b: int,
+                memo: dict | None = None):
+        """One condition's cache: a fork of `comp` with K warm rows promoted. `memo`, one dict
+        per compressed cache, keeps what every K would recompute: the candidates of the
+        signal-free selectors and the orders of selectors whose order does not depend on K."""
+        memo = {} if memo is None else memo
         cache = comp.fork()
         start = time.perf_counter()
-        anchor_units = None
+        selector = self.selectors[cond.selector]
         if cond.signal is not None:
             rs = signals[cond.signal][0]
             positions, slots = rs.warm_positions, rs.warm_slots
-            per_unit = rs.units(n_ctx, cond.granularity)
-            if cond.anchors == "all":
-                anchor_units = rs.units(n_ctx, cond.granularity, rows="context")
         else:
-            cands = [cache.warm.candidates(layer) for layer in range(cache.num_layers)]
-            slots, positions = [c[0][0] for c in cands], [c[1][0] for c in cands]
-            per_unit = unit_scores([torch.zeros(p.shape) for p in positions], positions, n_ctx, cond.granularity)
-        spans = [(n.token_start, n.token_end) for n in sample.needles_for_turn(self.config.turn)]
-        selector = self.selectors[cond.selector]
-        orders = [selector.order(per_unit[u], ~per_unit[u].isnan(), k, seed=sample.seed + 7919 * k + b, spans=spans,
-                                 anchor_scores=None if anchor_units is None else anchor_units[u])
-                  for u in range(per_unit.shape[0])]
+            if "candidates" not in memo:
+                cands = [cache.warm.candidates(layer) for layer in range(cache.num_layers)]
+                memo["candidates"] = [c[0][0] for c in cands], [c[1][0] for c in cands]
+            slots, positions = memo["candidates"]
+        orders = memo.get(("orders", cond)) if selector.k_free else None
+        if orders is None:
+            if cond.signal is not None:
+                per_unit = rs.units(n_ctx, cond.granularity)
+                anchor_units = rs.units(n_ctx, cond.granularity, rows="context") if cond.anchors == "all" else None
+            else:
+                if ("free", cond.granularity) not in memo:
+                    memo[("free", cond.granularity)] = unit_scores([torch.zeros(p.shape) for p in positions], positions, n_ctx, cond.granularity)
+                per_unit, anchor_units = memo[("free", cond.granularity)], None
+            spans = [(n.token_start, n.token_end) for n in sample.needles_for_turn(self.config.turn)]
+            orders = [selector.order(per_unit[u], ~per_unit[u].isnan(), k, seed=sample.seed + 7919 * k + b, spans=spans,
+                                     anchor_scores=None if anchor_units is None else anchor_units[u])
+                      for u in range(per_unit.shape[0])]
+            if selector.k_free:
+                memo[("orders", cond)] = orders
         selection = take_first_k(orders, positions, slots, k, cond.granularity, n_ctx)
         select_s = time.perf_counter() - start
         start = time.perf_counter()
@@ -305,11 +318,11 @@ class RepairEngine:
         for b in cfg.budgets:
             comp = root.fork()
             comp.compress(self._keep(scores, b, root, n_ctx), reserve=max(cfg.ks))
-            signals = self._signals(comp, turn_ids, stale_q, scores)
+            signals, memo = self._signals(comp, turn_ids, stale_q, scores), {}
             for k in cfg.ks:
                 for cond in cfg.conditions:
                     if cond.kind == "repair":
-                        cache, select_s, promote_s = self._repair(cond, comp, k, n_ctx, signals, sample, b)
+                        cache, select_s, promote_s = self._repair(cond, comp, k, n_ctx, signals, sample, b, memo)
                         score_s = signals[cond.signal][1] if cond.signal else 0.0
                         pending.append((cond, cache, {"score_s": score_s, "select_s": select_s, "promote_s": promote_s}, b, k))
                     elif cond.kind == "refresh":

@@ -283,3 +283,52 @@ def test_unit_scores_of_a_signal_are_computed_once_per_granularity(setup):
     assert kept_everywhere[:4].all() and kept_everywhere[n_ctx - 16 :].all() and not kept_everywhere.all()
     with pytest.raises(ValueError, match="rows"):
         rs.units(n_ctx, "shared", rows="tail")
+
+
+def test_every_budget_resumes_in_one_batch_unless_the_rows_bound_splits_it(setup, monkeypatch):
+    import idlekv.protocol as protocol
+
+    tok, model, sample, _ = setup
+    batches = []
+
+    def recording(model_, caches, *args):
+        batches.append(len(caches))
+        return resume_batch(model_, caches, *args)
+
+    monkeypatch.setattr(protocol, "resume_batch", recording)
+    results = {}
+    for bound in (131072, 400):  # 400 rows: about three caches per batch
+        batches.clear()
+        engine = RepairEngine(model, tok, SnapKV(sinks=4, recent=16),
+                              EngineConfig(budgets=[60, B], ks=KS, max_new_tokens=4, resume_batch_rows=bound))
+        rows = engine.run_sample(sample)
+        results[bound] = sorted((r["condition"], r["B"], r["K"], r["answer"]) for r in rows)
+        repaired = 7 * 2 * len(KS)
+        assert len(rows) == 8 * 2 * len(KS) and sum(batches) == 1 + repaired  # Full once, then every repaired cell once
+        if bound == 131072:
+            assert sorted(batches) == [1, repaired]
+        else:
+            assert max(batches) <= 3 and len(batches) > 3
+    assert results[131072] == results[400]  # how the cells are batched changes no answer
+
+
+def test_orders_that_do_not_depend_on_k_are_computed_once_per_compressed_cache(setup, monkeypatch):
+    tok, model, sample, engine = setup
+    first = engine.turn_one(sample)
+    root, n_ctx = first.root, first.context_length
+    scores = engine.rule.score(first.rule_inputs())
+    comp = root.fork()
+    comp.compress(engine._keep(scores, B, root, n_ctx), reserve=40)
+    signals = engine._signals(comp, engine.next_turn_ids(sample, first.answer), None, scores, {"rule"})
+    for cond in (Condition("Matched", "repair", "rule", "topk", granularity="head"), Condition("Oldest-K", "repair", None, "oldest")):
+        selector, calls = engine.selectors[cond.selector], []
+        order = selector.order
+        monkeypatch.setattr(selector, "order", lambda *a, **kw: calls.append(1) or order(*a, **kw))
+        memo = {}
+        for k in KS:
+            shared, _, _ = engine._repair(cond, comp, k, n_ctx, signals, sample, B, memo)
+            alone, _, _ = engine._repair(cond, comp, k, n_ctx, signals, sample, B)
+            for layer in range(root.num_layers):
+                assert torch.equal(shared.active.positions(layer), alone.active.positions(layer))
+        units = 1 if cond.granularity == "shared" else root.num_layers * root.active.kv_heads
+        assert len(calls) == units * (1 + len(KS))  # once for the memo, once per K without it

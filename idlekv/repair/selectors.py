@@ -46,6 +46,7 @@ class TopKBurst:
     hi: int = 20
     name = "topk_burst"
     needs_scores = True
+    k_free = False
 
     def order(self, scores: torch.Tensor, candidates: torch.Tensor, k: int, anchor_scores: torch.Tensor | None = None, **_) -> torch.Tensor:
         """`anchor_scores`, when given, rank the anchors over every row (active ones too); the
@@ -67,6 +68,7 @@ class TopK:
 
     name = "topk"
     needs_scores = True
+    k_free = True  # the order does not depend on K (or the seed): one serves every K
 
     def order(self, scores: torch.Tensor, candidates: torch.Tensor, k: int, **_) -> torch.Tensor:
         s = torch.where(candidates, scores.nan_to_num(float("-inf")), torch.full_like(scores, float("-inf")))
@@ -80,6 +82,7 @@ class Coverage:
     width: int = 23
     name = "coverage"
     needs_scores = True
+    k_free = False
 
     def order(self, scores: torch.Tensor, candidates: torch.Tensor, k: int, **_) -> torch.Tensor:
         s = torch.where(candidates, scores.nan_to_num(0.0).clamp_min(0), torch.zeros_like(scores)).float()
@@ -104,6 +107,7 @@ class Coverage:
 class RandomK:
     name = "random"
     needs_scores = False
+    k_free = False
 
     def order(self, scores: torch.Tensor, candidates: torch.Tensor, k: int, seed: int = 0, **_) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
@@ -115,6 +119,7 @@ class RandomK:
 class OldestK:
     name = "oldest"
     needs_scores = False
+    k_free = True
 
     def order(self, scores: torch.Tensor, candidates: torch.Tensor, k: int, **_) -> torch.Tensor:
         key = torch.arange(candidates.shape[0], dtype=torch.float32, device=candidates.device)
@@ -128,6 +133,7 @@ class SpanRefK:
 
     name = "span_ref"
     needs_scores = False
+    k_free = False
 
     def order(self, scores: torch.Tensor, candidates: torch.Tensor, k: int, spans: Sequence[tuple[int, int]] = (), **_) -> torch.Tensor:
         device = candidates.device
