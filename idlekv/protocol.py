@@ -4,8 +4,9 @@ Per sample: prefill the prompt once; answer turn 1 from the full cache (capturin
 observation window's queries); score the context with the turn-1 rule; per base budget B,
 compress to B context rows (the turn-1 tail kept outside the budget) with the evicted rows
 in the warm tier, and compute the next-turn signals once; per K, derive each condition's
-cache (a fork), all with B+K context rows, and resume turn 2 for all of them as one batch.
-A condition is data: a name, a kind, a signal and a selector.
+cache (a fork) with B+K context rows. Then resume turn 2 for the caches of every (B, K) as
+one batch (split only past `resume_batch_rows`). A condition is data: a name, a kind, a
+signal and a selector.
 """
 
 from __future__ import annotations
