@@ -227,14 +227,19 @@ def test_conditions_are_validated():
             Condition("x", "repair", **{"signal": "exact", **wrong}, anchors="all")
 
 
-def test_active_anchored_idlekv_promotes_exactly_k_warm_rows(setup):
-    tok, model, sample, engine = setup
+def compressed_with_signal(engine, sample, signal):
+    """(root, context length, the cache compressed to B with room for 40, {signal: ...})."""
     first = engine.turn_one(sample)
     root, n_ctx = first.root, first.context_length
     scores = engine.rule.score(first.rule_inputs())
     comp = root.fork()
     comp.compress(engine._keep(scores, B, root, n_ctx), reserve=40)
-    signals = engine._signals(comp, engine.next_turn_ids(sample, first.answer), None, scores, {"exact"})
+    return root, n_ctx, comp, engine._signals(comp, engine.next_turn_ids(sample, first.answer), None, scores, {signal})
+
+
+def test_active_anchored_idlekv_promotes_exactly_k_warm_rows(setup):
+    _, _, sample, engine = setup
+    root, n_ctx, comp, signals = compressed_with_signal(engine, sample, "exact")
     for granularity in ("shared", "head"):
         cond = Condition("IdleKV", "repair", "exact", "topk_burst", granularity=granularity, anchors="all")
         repaired, _, _ = engine._repair(cond, comp, 40, n_ctx, signals, sample, B)
@@ -313,13 +318,8 @@ def test_every_budget_resumes_in_one_batch_unless_the_rows_bound_splits_it(setup
 
 
 def test_orders_that_do_not_depend_on_k_are_computed_once_per_compressed_cache(setup, monkeypatch):
-    tok, model, sample, engine = setup
-    first = engine.turn_one(sample)
-    root, n_ctx = first.root, first.context_length
-    scores = engine.rule.score(first.rule_inputs())
-    comp = root.fork()
-    comp.compress(engine._keep(scores, B, root, n_ctx), reserve=40)
-    signals = engine._signals(comp, engine.next_turn_ids(sample, first.answer), None, scores, {"rule"})
+    _, _, sample, engine = setup
+    root, n_ctx, comp, signals = compressed_with_signal(engine, sample, "rule")
     for cond in (Condition("Matched", "repair", "rule", "topk", granularity="head"), Condition("Oldest-K", "repair", None, "oldest")):
         selector, calls = engine.selectors[cond.selector], []
         order = selector.order
