@@ -180,11 +180,11 @@ def score_rows(cache: TieredCache, queries: list[torch.Tensor], chunk_rows: int 
         kept = []
         for i, keys in enumerate(_warm_key_chunks(cache, layer, slots, chunk_rows, device, dtype)):
             logits = _logits(keys, q, buffers, ("kept", i) if keep else "chunk")
-            kept.append(logits)
+            if keep:
+                kept.append(logits)
             lse2 = _add_rows(lse2, logits, buffers)
-        if not keep:
-            kept = (_logits(k, q, buffers, "chunk") for k in _warm_key_chunks(cache, layer, slots, chunk_rows, device, dtype))
-        warm = [_reduce(c, lse2, group, tokens, buffers) for c in kept]
+        chunks = kept if keep else (_logits(k, q, buffers, "chunk") for k in _warm_key_chunks(cache, layer, slots, chunk_rows, device, dtype))
+        warm = [_reduce(c, lse2, group, tokens, buffers) for c in chunks]
         out.warm.append(torch.cat(warm, dim=-1) if warm else torch.zeros(heads, 0, device=device))
         out.warm_positions.append(positions.to(device))
         out.warm_slots.append(slots)
