@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from idlekv.grouped_sdpa import register_grouped_sdpa
+
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
@@ -180,6 +182,8 @@ def load_model(
             "sliding-window mask would cut wrongly. Set sliding_window to null in config.json "
             "(the cache then attends to all rows) or pass allow_sliding_window=True if you know why."
         )
+    if attn_implementation == "sdpa":  # the same kernels, without copying keys per query head on the CPU
+        attn_implementation = register_grouped_sdpa()
     model = AutoModelForCausalLM.from_pretrained(
         path,
         dtype=torch_dtype,

@@ -277,6 +277,7 @@ class RepairEngine:
         turn_ids = self.next_turn_ids(sample, first.answer)
         gold = sample.turns[turn].outputs
         spans = [(n.token_start, n.token_end) for n in sample.needles_for_turn(turn)]
+        needles = _needle_table(spans, root.seen_tokens, root.device)
         base = {**labels, "index": sample.index, "context_tokens": n_ctx, "tail_rows": root.rows - n_ctx,
                 "turn1_accuracy": sum(needle_recall(answer1_text, sample.turns[0].outputs)) / max(1, len(sample.turns[0].outputs))}
 
@@ -293,7 +294,7 @@ class RepairEngine:
             rows.append({**base, "condition": cond.name, "deployable": cond.deployable, "B": b, "K": k,
                          "accuracy": sum(recall) / len(recall), "recall": recall, "answer": text,
                          "active_rows": cache.rows, "active_bytes": size.active_kv, "warm_bytes": size.warm_kv,
-                         "needle_rows_active": _span_coverage(cache, spans), "rule_s": rule_s, "score_s": score_s,
+                         "needle_rows_active": _span_coverage(cache, needles), "rule_s": rule_s, "score_s": score_s,
                          "select_s": select_s, "promote_s": promote_s, "resume_s": resume_s})
 
         full = next((c for c in cfg.conditions if c.kind == "full"), None)
@@ -348,11 +349,18 @@ def _batches(pending: list, max_rows: int) -> list[list]:
     return batches + ([current] if current else [])
 
 
-def _span_coverage(cache: TieredCache, spans: list[tuple[int, int]]) -> float:
+def _needle_table(spans: list[tuple[int, int]], length: int, device) -> tuple[torch.Tensor, int]:
+    """A lookup by position of the next-turn needle rows, and how many there are."""
+    wanted = torch.cat([torch.arange(a, b) for a, b in spans]) if spans else torch.zeros(0, dtype=torch.long)
+    table = torch.zeros(max(length, int(wanted.max()) + 1 if wanted.numel() else 0), dtype=torch.bool)
+    table[wanted] = True
+    return table.to(device), wanted.numel()
+
+
+def _span_coverage(cache: TieredCache, needles: tuple[torch.Tensor, int]) -> float:
     """Fraction of the next-turn needle rows present in the active tier (over layers and heads)."""
-    if not spans:
+    table, count = needles
+    if not count:
         return 0.0
-    wanted = torch.cat([torch.arange(a, b) for a, b in spans])
-    hits = [torch.isin(cache.active.positions(layer)[0], wanted.to(cache.active.device)).sum(-1).float() / wanted.numel()
-            for layer in range(cache.num_layers)]
-    return float(torch.stack(hits).mean())
+    hits = torch.stack([table[cache.active.positions(layer)[0]].sum(-1) for layer in range(cache.num_layers)])
+    return float((hits.float() / count).mean())

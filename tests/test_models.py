@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from idlekv.grouped_sdpa import GROUPED_SDPA
 from idlekv.models import ModelLoadError, load_model
 from idlekv.tiny_models import FAMILIES, build_tiny_model
 
@@ -14,7 +15,7 @@ def test_saved_tiny_model_loads_with_its_spec(family, tmp_path):
     spec = loaded.spec
     assert (spec.family, spec.num_layers, spec.num_query_heads, spec.num_kv_heads, spec.head_dim) == (family, 2, 4, 2, 16)
     assert spec.group_size == 2 and spec.bytes_per_kv_row == 2 * 2 * 2 * 16 * 4
-    assert loaded.model.config._attn_implementation == "sdpa"
+    assert loaded.model.config._attn_implementation == GROUPED_SDPA  # sdpa, keys grouped on the CPU
     ids = torch.randint(3, 128, (1, 12))
     assert torch.allclose(loaded.model(ids).logits, built(ids).logits, atol=1e-6)
     assert load_model(tmp_path / family, dtype="bf16", device="cpu").spec.bytes_per_kv_row == 2 * 2 * 2 * 16 * 2
