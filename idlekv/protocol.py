@@ -21,7 +21,7 @@ from idlekv.attention import capture_queries
 from idlekv.cache import TieredCache
 from idlekv.evaluation import prefill
 from idlekv.generation import resume_batch, run_turn, stop_token_ids
-from idlekv.repair.granularity import take_first_k, unit_scores
+from idlekv.repair.granularity import first_k, rank_heads, unit_scores
 from idlekv.repair.scoring import RowScores, proxy_queries, score_rows
 from idlekv.repair.selectors import Coverage, TopKBurst, build_selector
 from idlekv.retention.base import RetentionInputs, RetentionRule
@@ -212,7 +212,8 @@ class RepairEngine:
                 memo: dict | None = None):
         """One condition's cache: a fork of `comp` with K warm rows promoted. `memo`, one dict
         per compressed cache, keeps what every K would recompute: the candidates of the
-        signal-free selectors and the orders of selectors whose order does not depend on K."""
+        signal-free selectors and, for selectors whose order does not depend on K, each head's
+        ranked warm rows (so a K only takes its first K)."""
         memo = {} if memo is None else memo
         cache = comp.fork()
         start = time.perf_counter()
@@ -225,8 +226,8 @@ class RepairEngine:
                 cands = [cache.warm.candidates(layer) for layer in range(cache.num_layers)]
                 memo["candidates"] = [c[0][0] for c in cands], [c[1][0] for c in cands]
             slots, positions = memo["candidates"]
-        orders = memo.get(("orders", cond)) if selector.k_free else None
-        if orders is None:
+        ranked = memo.get(("ranked", cond)) if selector.k_free else None
+        if ranked is None:
             if cond.signal is not None:
                 per_unit = rs.units(n_ctx, cond.granularity)
                 anchor_units = rs.units(n_ctx, cond.granularity, rows="context") if cond.anchors == "all" else None
@@ -238,9 +239,10 @@ class RepairEngine:
             orders = [selector.order(per_unit[u], ~per_unit[u].isnan(), k, seed=sample.seed + 7919 * k + b, spans=spans,
                                      anchor_scores=None if anchor_units is None else anchor_units[u])
                       for u in range(per_unit.shape[0])]
+            ranked = rank_heads(orders, positions, slots, cond.granularity, n_ctx, None if selector.k_free else k)
             if selector.k_free:
-                memo[("orders", cond)] = orders
-        selection = take_first_k(orders, positions, slots, k, cond.granularity, n_ctx)
+                memo[("ranked", cond)] = ranked
+        selection = first_k(ranked, k)
         select_s = time.perf_counter() - start
         start = time.perf_counter()
         cache.promote(selection)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from idlekv.cache import TieredCache
-from idlekv.repair.granularity import take_first_k, unit_scores
+from idlekv.repair.granularity import first_k, rank_heads, take_first_k, unit_of, unit_scores
 from idlekv.repair.selectors import SELECTORS, Coverage, SpanRefK, TopKBurst, build_selector
 
 N, HEADS, LAYERS = 64, 2, 3
@@ -45,6 +45,27 @@ def test_exactly_k_distinct_warm_rows(name, granularity):
             assert not set(chosen[head].tolist()) & set(active_positions[head].tolist())
     cache.promote(selection)
     assert cache.rows == 36 and cache.warm.rows == N - 36
+
+
+@pytest.mark.parametrize("granularity", ["shared", "layer", "head"])
+def test_one_ranking_serves_every_k_as_each_heads_first_k_rows_in_its_units_order(granularity):
+    """rank_heads once, then first_k per K: each head's own warm rows, in its unit's order."""
+    cache = compressed_cache()
+    cands = [cache.warm.candidates(layer) for layer in range(LAYERS)]
+    slots, positions = [c[0][0] for c in cands], [c[1][0] for c in cands]
+    per_unit = unit_scores([torch.rand(p.shape) for p in positions], positions, N, granularity)
+    orders = [build_selector("topk").order(per_unit[u], ~per_unit[u].isnan(), 0) for u in range(per_unit.shape[0])]
+    ranked = rank_heads(orders, positions, slots, granularity, N)
+    for k in (1, 7, 16, N - 20):
+        for layer, idx in enumerate(first_k(ranked, k)):
+            for head in range(HEADS):
+                order = orders[unit_of(layer, head, HEADS, granularity)].tolist()
+                held = dict(zip(positions[layer][head].tolist(), slots[layer][head].tolist()))
+                expected = [held[p] for p in order if p in held][:k]
+                assert idx[0, head].tolist() == expected
+            assert torch.equal(idx, take_first_k(orders, positions, slots, k, granularity, N)[layer])  # its top-k path
+    with pytest.raises(ValueError, match="cannot promote 45 rows"):
+        first_k(ranked, N - 19)
 
 
 def test_too_large_a_k_is_refused():

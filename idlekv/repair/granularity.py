@@ -43,22 +43,39 @@ def unit_of(layer: int, head: int, heads: int, granularity: str) -> int:
     return {"shared": 0, "layer": layer, "head": layer * heads + head}[granularity]
 
 
-def take_first_k(orders: list[torch.Tensor], warm_positions: list[torch.Tensor], warm_slots: list[torch.Tensor],
-                 k: int, granularity: str, length: int) -> list[torch.Tensor]:
-    """Per layer, (1, heads, k) warm slots: each head's first k rows in its unit's order."""
+def rank_heads(orders: list[torch.Tensor], warm_positions: list[torch.Tensor], warm_slots: list[torch.Tensor],
+               granularity: str, length: int, k: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, each head's warm slots in its unit's order (heads, rows), and how many of
+    them the order ranks (heads,). With `k`, only the first k rows are ordered (a top-k is
+    several times cheaper than a full sort); without, one ranking serves every K."""
     device = warm_positions[0].device
     ranks = torch.full((len(orders), length), float("inf"), device=device)
     for unit, order in enumerate(orders):
         ranks[unit, order.to(device)] = torch.arange(order.numel(), dtype=torch.float32, device=device)
-    selection = []
+    ranked = []
     for layer, (positions, slots) in enumerate(zip(warm_positions, warm_slots)):
         heads = positions.shape[0]
-        if positions.shape[-1] < k:
-            raise ValueError(f"cannot promote {k} rows: layer {layer} has only {positions.shape[-1]} warm rows per head")
         units = torch.tensor([unit_of(layer, h, heads, granularity) for h in range(heads)], device=device)
         r = torch.gather(ranks[units], 1, positions.to(device))
-        if bool((torch.isfinite(r).sum(-1) < k).any()):
+        # ranks are distinct where finite, so a top-k lists the same rows as the sort's first k
+        first = r.argsort(dim=-1, stable=True) if k is None else r.topk(min(k, r.shape[-1]), dim=-1, largest=False).indices
+        ranked.append((torch.gather(slots, 1, first.to(slots.device)), torch.isfinite(r).sum(-1)))
+    return ranked
+
+
+def first_k(ranked: list[tuple[torch.Tensor, torch.Tensor]], k: int) -> list[torch.Tensor]:
+    """Per layer, (1, heads, k) warm slots: each head's first k rows of `rank_heads`."""
+    selection = []
+    for layer, (slots, ranked_rows) in enumerate(ranked):
+        if slots.shape[-1] < k:
+            raise ValueError(f"cannot promote {k} rows: layer {layer} has only {slots.shape[-1]} warm rows per head")
+        if bool((ranked_rows < k).any()):
             raise ValueError(f"the selector ranked fewer than {k} of layer {layer}'s warm rows in some head")
-        picked = r.topk(k, dim=-1, largest=False).indices
-        selection.append(torch.gather(slots, 1, picked.to(slots.device))[None])
+        selection.append(slots[None, :, :k])
     return selection
+
+
+def take_first_k(orders: list[torch.Tensor], warm_positions: list[torch.Tensor], warm_slots: list[torch.Tensor],
+                 k: int, granularity: str, length: int) -> list[torch.Tensor]:
+    """Per layer, (1, heads, k) warm slots: each head's first k rows in its unit's order."""
+    return first_k(rank_heads(orders, warm_positions, warm_slots, granularity, length, k), k)
