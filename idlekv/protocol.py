@@ -235,7 +235,7 @@ class RepairEngine:
                 if ("free", cond.granularity) not in memo:
                     memo[("free", cond.granularity)] = unit_scores([torch.zeros(p.shape) for p in positions], positions, n_ctx, cond.granularity)
                 per_unit, anchor_units = memo[("free", cond.granularity)], None
-            spans = [(n.token_start, n.token_end) for n in sample.needles_for_turn(self.config.turn)]
+            spans = _turn_spans(sample, self.config.turn)
             orders = [selector.order(per_unit[u], ~per_unit[u].isnan(), k, seed=sample.seed + 7919 * k + b, spans=spans,
                                      anchor_scores=None if anchor_units is None else anchor_units[u])
                       for u in range(per_unit.shape[0])]
@@ -253,7 +253,7 @@ class RepairEngine:
         granularity = cond.granularity
         per_unit = signals[cond.signal][0].units(n_ctx, granularity, rows="context").nan_to_num(0.0)
         if cond.selector is not None:  # the repair's own selector over every context row (bursts included)
-            spans = [(n.token_start, n.token_end) for n in sample.needles_for_turn(self.config.turn)]
+            spans = _turn_spans(sample, self.config.turn)
             selector, everything = self.selectors[cond.selector], torch.ones(n_ctx, dtype=torch.bool, device=per_unit.device)
             per_unit = torch.stack([rank_scores(selector.order(u, everything, budget, seed=sample.seed + budget, spans=spans))
                                     for u in per_unit])
@@ -278,7 +278,7 @@ class RepairEngine:
         answer1_text = self.tokenizer.decode(first.answer)
         turn_ids = self.next_turn_ids(sample, first.answer)
         gold = sample.turns[turn].outputs
-        spans = [(n.token_start, n.token_end) for n in sample.needles_for_turn(turn)]
+        spans = _turn_spans(sample, turn)
         needles = _needle_table(spans, root.seen_tokens, root.device)
         base = {**labels, "index": sample.index, "context_tokens": n_ctx, "tail_rows": root.rows - n_ctx,
                 "turn1_accuracy": sum(needle_recall(answer1_text, sample.turns[0].outputs)) / max(1, len(sample.turns[0].outputs))}
@@ -349,6 +349,11 @@ def _batches(pending: list, max_rows: int) -> list[list]:
             current = []
         current.append(item)
     return batches + ([current] if current else [])
+
+
+def _turn_spans(sample: Sample, turn: int) -> list[tuple[int, int]]:
+    """The token spans [start, end) of the needles the turn asks about (SpanRef-K and the coverage column)."""
+    return [(n.token_start, n.token_end) for n in sample.needles_for_turn(turn)]
 
 
 def _needle_table(spans: list[tuple[int, int]], length: int, device) -> tuple[torch.Tensor, int]:

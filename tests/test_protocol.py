@@ -273,12 +273,9 @@ def test_unit_scores_of_a_signal_are_computed_once_per_granularity(setup):
     """Every K of a B reuses them; 'context' covers every context row, 'warm' only evicted ones."""
     from idlekv.repair.granularity import unit_scores
 
-    tok, model, sample, engine = setup
-    first = engine.turn_one(sample)
-    root, n_ctx = first.root, first.context_length
-    comp = root.fork()
-    comp.compress(engine._keep(engine.rule.score(first.rule_inputs()), B, root, n_ctx), reserve=40)
-    rs = engine._signals(comp, engine.next_turn_ids(sample, first.answer), None, None, {"exact"})["exact"][0]
+    _, _, sample, engine = setup
+    _, n_ctx, _, signals = compressed_with_signal(engine, sample, "exact")
+    rs = signals["exact"][0]
     warm = rs.units(n_ctx, "shared")
     assert rs.units(n_ctx, "shared") is warm and rs.units(n_ctx, "head") is not warm
     assert torch.equal(warm.nan_to_num(-1), unit_scores(rs.warm, rs.warm_positions, n_ctx, "shared").nan_to_num(-1))
