@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # wheels); with CUDA keep the user's torch by letting the venv see system packages.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: setup test test-slow test-all bench-cache bench-repair tiny-model check-model phase01 probe retention repair rank-profile collect clean help
+.PHONY: setup test test-slow test-all lint bench-cache bench-repair gpu-check memory-check tiny-model check-model phase01 probe retention repair rank-profile collect clean help
 
 help:
 	@echo "make setup        create .venv and install the project (+dev extras)"
@@ -15,6 +15,9 @@ help:
 	@echo "make test-slow    the slower checks, marked @pytest.mark.slow"
 	@echo "make bench-cache  promote throughput vs memcpy (and host->device on CUDA)"
 	@echo "make bench-repair engine vs the reference protocol; exact scoring vs CPU fp32; repair latency"
+	@echo "make gpu-check    one run that proves the CUDA side (docs/real_models.md); --quick on the CPU in the tests"
+	@echo "make memory-check peak KV memory at 32K for the Qwen2.5-7B and Llama-3.1-8B shapes vs the prediction"
+	@echo "make lint         ruff check (the tests run it too)"
 	@echo "make tiny-model   train the embedded model into models/embedded (resumable)"
 	@echo "make check-model  the embedded model's retrieval and needle-row ablations (200 held-out samples)"
 	@echo "make phase01      the full-cache gate on the embedded model"
@@ -50,6 +53,15 @@ bench-cache: setup
 
 bench-repair: setup
 	$(BIN)/python -m idlekv.bench.repair_bench
+
+gpu-check: setup
+	$(BIN)/python -m idlekv.bench.gpu_check --out runs/gpu_check.json
+
+memory-check: setup
+	$(BIN)/python -m idlekv.bench.memory_check --out runs/memory_check.json
+
+lint: setup
+	$(BIN)/ruff check .
 
 tiny-model: setup
 	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/stage1_recall.yaml

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from idlekv.results import ROWS_FILE, CONFIG_FILE, ConfigMismatchError, config_diff, cell_key
+from idlekv.results import CONFIG_FILE, ROWS_FILE, ConfigMismatchError, cell_key, config_diff
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -33,10 +33,19 @@ class TurnResult:
 
 
 @torch.no_grad()
-def prefill(model, prompt_ids: list[int], warm_precision: str = "model") -> TieredCache:
-    device = next(model.parameters()).device
-    out = model(torch.tensor([prompt_ids], device=device), use_cache=True, logits_to_keep=1)
-    return TieredCache.from_hf(out.past_key_values, warm_precision=warm_precision)
+def prefill(model, prompt_ids: list[int], warm_precision: str = "model", room: int = 0) -> TieredCache:
+    """The prompt's KV rows, written by the forward straight into a cache with `room` more rows of capacity."""
+    param = next(model.parameters())
+    config = model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    cache = TieredCache.empty(config.num_hidden_layers, getattr(config, "num_key_value_heads", None) or heads, head_dim,
+                              len(prompt_ids) + room, param.dtype, param.device, warm_precision)
+    hf = cache.to_hf()
+    model(torch.tensor([prompt_ids], device=param.device), past_key_values=hf, position_ids=cache.position_ids(len(prompt_ids)),
+          use_cache=True, logits_to_keep=1)
+    cache.absorb(hf)
+    return cache
 
 
 @torch.no_grad()

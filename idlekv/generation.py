@@ -11,13 +11,31 @@ from collections.abc import Iterable
 import torch
 
 
-def stop_token_ids(tokenizer, stop_on_newline: bool = True) -> set[int]:
-    """End-of-sequence ids, plus every token whose text contains a newline."""
-    ids = {i for i in (tokenizer.eos_token_id,) if i is not None}
+def end_token_ids(tokenizer, model=None) -> set[int]:
+    """Every id that ends an answer: the tokenizer's eos and the model's generation and model
+    configs' eos ids (Llama-3.1: <|eot_id|>, <|eom_id|>, <|end_of_text|>; Qwen2.5: <|im_end|>, <|endoftext|>)."""
+    ids = {tokenizer.eos_token_id}
+    for config in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        eos = getattr(config, "eos_token_id", None)
+        ids |= set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    return {int(i) for i in ids if i is not None}
+
+
+def stop_token_ids(tokenizer, model=None, stop_on_newline: bool = True) -> set[int]:
+    """End tokens (`end_token_ids`), plus every token whose text contains a newline."""
+    ids = end_token_ids(tokenizer, model)
     if stop_on_newline:
-        vocab = tokenizer.get_vocab()
-        ids |= {i for i in vocab.values() if "\n" in tokenizer.decode([i])}
+        vocab = sorted(tokenizer.get_vocab().values())
+        texts = tokenizer.batch_decode([[i] for i in vocab])
+        ids |= {i for i, text in zip(vocab, texts) if "\n" in text}
     return ids
+
+
+def answer_token_budget(tokenizer, gold_answer: str, floor: int, slack: float = 1.5) -> int:
+    """New tokens to allow for an answer: `floor`, or more when the gold answer needs more of
+    this tokenizer's tokens (Qwen writes a digit per token: 8 seven-digit values exceed 32)."""
+    needed = len(tokenizer(gold_answer, add_special_tokens=False)["input_ids"])
+    return max(floor, int(needed * slack) + 4)
 
 
 @torch.no_grad()
@@ -62,8 +80,9 @@ def greedy_decode(
 
 @torch.no_grad()
 def run_turn(model, cache, turn_ids: list[int], max_new_tokens: int, stop_ids: Iterable[int]) -> list[int]:
-    """Prefill a turn's tokens over a TieredCache (or MixedPrecisionCache), decode the answer greedily, keep both in the cache."""
-    hf = cache.to_hf()
+    """Prefill a turn's tokens over a TieredCache (or MixedPrecisionCache), decode the answer greedily, keep both in
+    the cache. A TieredCache takes the turn's and the answer's rows in place, in room made once beforehand."""
+    hf = cache.to_hf(headroom=len(turn_ids) + max_new_tokens)
     ids = torch.tensor([turn_ids], device=cache.device)
     logits = model(ids, past_key_values=hf, position_ids=cache.position_ids(len(turn_ids)), use_cache=True,
                    logits_to_keep=1).logits[:, -1]
@@ -77,14 +96,20 @@ def run_turn(model, cache, turn_ids: list[int], max_new_tokens: int, stop_ids: I
 def resume_batch(model, caches, turn_ids: list[int], max_new_tokens: int, stop_ids: Iterable[int]) -> list[list[int]]:
     """Prefill the same turn over several caches of one sample as one batch and decode greedily.
 
-    Caches of different sizes are padded and masked (see stack_to_hf).
-    """
-    from idlekv.cache.tiered import stack_to_hf
+    `caches`: a CacheBatch, or TieredCaches (padded and masked when their sizes differ). A single
+    cache with room behind its rows resumes in place (its rows are not copied, nor changed)."""
+    from idlekv.cache.batch import CacheBatch, stack_to_hf
 
-    hf, mask = stack_to_hf(caches, headroom=len(turn_ids) + max_new_tokens)
-    batch, start = len(caches), caches[0].seen_tokens
-    ids = torch.tensor([turn_ids], device=caches[0].active.device).expand(batch, -1)
-    positions = caches[0].position_ids(len(turn_ids)).expand(batch, -1)
+    headroom = len(turn_ids) + max_new_tokens
+    if isinstance(caches, CacheBatch):
+        (hf, mask), batch, start = caches.to_hf(), len(caches), caches.seen_tokens
+    elif len(caches) == 1 and caches[0].active.capacity - caches[0].rows >= headroom and not caches[0].active.extra_rows:
+        hf, mask, batch, start = caches[0].to_hf(scratch=True), None, 1, caches[0].seen_tokens
+    else:
+        (hf, mask), batch, start = stack_to_hf(caches, headroom=headroom), len(caches), caches[0].seen_tokens
+    device = hf.layers[0].keys.device
+    ids = torch.tensor([turn_ids], device=device).expand(batch, -1)
+    positions = torch.arange(start, start + len(turn_ids), device=device).expand(batch, -1)
     if mask is not None:
         mask = torch.cat([mask, mask.new_ones(batch, len(turn_ids))], dim=1)
     logits = model(ids, past_key_values=hf, position_ids=positions, attention_mask=mask, use_cache=True,

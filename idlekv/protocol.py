@@ -7,6 +7,11 @@ in the warm tier, and compute the next-turn signals once; per K, derive each con
 cache (a fork) with B+K context rows. Then resume turn 2 for the caches of every (B, K) as
 one batch (split only past `resume_batch_rows`). A condition is data: a name, a kind, a
 signal and a selector.
+
+Memory: waiting conditions are recipes (their selection is made when their batch is
+built); a repaired fork shares its compressed cache and owns only its K promoted rows; the
+Full condition and the next-turn signal's forward write their turn into spare room of the
+caches they read. `idlekv.repair.memory` predicts the peak from the same schedule.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import torch
 
 from idlekv.attention import capture_queries
 from idlekv.cache import TieredCache
+from idlekv.cache.batch import CacheBatch
 from idlekv.evaluation import prefill
-from idlekv.generation import resume_batch, run_turn, stop_token_ids
+from idlekv.generation import answer_token_budget, resume_batch, run_turn, stop_token_ids
 from idlekv.repair.granularity import first_k, rank_heads, unit_scores
+from idlekv.repair.memory import KVShape, PeakPlan, SampleRows, predict_peak
 from idlekv.repair.scoring import RowScores, proxy_queries, score_rows
 from idlekv.repair.selectors import Coverage, TopKBurst, build_selector
 from idlekv.retention.base import RetentionInputs, RetentionRule
@@ -85,6 +92,8 @@ class TurnOne:
     root: TieredCache  # context + the turn-1 tail, uncompressed
     context_length: int  # rows at positions [0, context_length) are the context
     answer: list[int]
+    turn_ids: list[list[int]]  # every turn's tokens, rendered once (turn k>0 follows the model's own answer)
+    max_new_tokens: list[int]  # per turn: the answer budget in this tokenizer's tokens
     window_queries: list[torch.Tensor]  # per layer (query_heads, w, d): the observation window
     window_positions: torch.Tensor
     question_queries: list[torch.Tensor]  # the turn-1 question's queries (the "stale" signal)
@@ -95,6 +104,17 @@ class TurnOne:
         return RetentionInputs([root.active.keys(i)[0] for i in range(root.num_layers)],
                                [root.active.positions(i)[0] for i in range(root.num_layers)],
                                self.window_queries, self.window_positions, self.context_length, self.prefill_queries)
+
+
+@dataclass
+class SampleTokens:
+    prompt: list[int]
+    turns: list[list[int]]
+    max_new_tokens: list[int]
+
+    def sample_rows(self, turn: int) -> SampleRows:
+        return SampleRows(len(self.prompt), len(self.turns[0]), self.max_new_tokens[0], len(self.turns[turn]),
+                          self.max_new_tokens[turn])
 
 
 @dataclass
@@ -111,8 +131,8 @@ class EngineConfig:
     seed: int = 0
     turn: int = 1  # the turn that is repaired and scored (0-based): turn 2
     # The conditions of every (B, K) of a sample resume together, padded to the largest; a
-    # batch holds at most this many (padded rows x caches), so large models split into
-    # several batches, and the caches waiting for a batch stay within it too.
+    # batch holds at most this many (padded rows + the turn's room) x caches, so long contexts
+    # split into several batches; budgets share batches while their waiting rows fit in one.
     resume_batch_rows: int = 131072
     extra: dict = field(default_factory=dict)
 
@@ -127,7 +147,7 @@ def rank_scores(order: torch.Tensor) -> torch.Tensor:
 class RepairEngine:
     def __init__(self, model, tokenizer, rule: RetentionRule, config: EngineConfig):
         self.model, self.tokenizer, self.rule, self.config = model, tokenizer, rule, config
-        self.stop_ids = stop_token_ids(tokenizer)
+        self.stop_ids = stop_token_ids(tokenizer, model)
         self.selectors = {}
         for c in config.conditions:
             if c.kind == "full":
@@ -139,33 +159,45 @@ class RepairEngine:
             elif c.selector is not None:
                 self.selectors[c.selector] = build_selector(c.selector)
 
+    def predicted_peak(self, sample: Sample, shape: KVShape) -> PeakPlan:
+        """The device memory this engine will hold for `sample` (idlekv.repair.memory replays its schedule)."""
+        cfg = self.config
+        return predict_peak(shape, self.rows_of(sample).sample_rows(cfg.turn), cfg.budgets, cfg.ks,
+                            [c.kind for c in cfg.conditions], cfg.resume_batch_rows)
+
     # --- turn 1 ------------------------------------------------------------------------
-    def turn_one(self, sample: Sample) -> TurnOne:
+    def rows_of(self, sample: Sample) -> "SampleTokens":
+        """The sample rendered once: prompt and turn tokens, and each turn's answer budget in this tokenizer."""
         rendered = render(sample, self.tokenizer)
-        prompt = encode(self.tokenizer, rendered.prompt_text)
+        answer_format = sample.options.get("answer_format", "values")
+        budgets = [answer_token_budget(self.tokenizer, t.gold_answer(answer_format, sample.options.get("num_values", 1)),
+                                       self.config.max_new_tokens) for t in sample.turns]
+        return SampleTokens(encode(self.tokenizer, rendered.prompt_text), [encode(self.tokenizer, t) for t in rendered.turn_texts],
+                            budgets)
+
+    def turn_one(self, sample: Sample) -> TurnOne:
+        tokens = self.rows_of(sample)
+        prompt, turn_ids, budgets = tokens.prompt, tokens.turns, tokens.max_new_tokens
+        rows = tokens.sample_rows(self.config.turn)
+        room = rows.tail + rows.headroom  # turn 1 and its answer, then the repaired turn and its answer (Full resumes in place)
         prefill_queries = None
         if self.rule.needs_prefill_queries:  # H2O-style rules read every prefill query
             with capture_queries(self.model) as pre:
-                root = prefill(self.model, prompt, self.config.warm_precision)
+                root = prefill(self.model, prompt, self.config.warm_precision, room)
             prefill_queries = [pre.queries[layer][0] for layer in range(root.num_layers)]
         else:
-            root = prefill(self.model, prompt, self.config.warm_precision)
-        turn1 = encode(self.tokenizer, rendered.turn_texts[0])
+            root = prefill(self.model, prompt, self.config.warm_precision, room)
+        turn1 = turn_ids[0]
         with capture_queries(self.model, accumulate=True) as cap:
-            answer = run_turn(self.model, root, turn1, self.config.max_new_tokens, self.stop_ids)
+            answer = run_turn(self.model, root, turn1, budgets[0], self.stop_ids)
         queries = [cap.queries[layer][0] for layer in range(root.num_layers)]
         n = len(prompt)
         positions = torch.arange(n, n + queries[0].shape[1])
         window = {"question": slice(0, len(turn1)), "answer": slice(len(turn1), None), "both": slice(0, None)}[self.config.window]
         if positions[window].numel() == 0:  # an empty answer leaves no answer window: fall back to the question
             window = slice(0, len(turn1))
-        return TurnOne(root, n, answer, [q[:, window] for q in queries], positions[window], [q[:, : len(turn1)] for q in queries],
-                       prefill_queries)
-
-    def next_turn_ids(self, sample: Sample, first_answer: list[int]) -> list[int]:
-        """Token ids of the repaired turn, rendered after the model's own turn-1 answer."""
-        answers = [self.tokenizer.decode(first_answer)] + [""] * (len(sample.turns) - 1)
-        return encode(self.tokenizer, render(sample, self.tokenizer, answers=answers).turn_texts[self.config.turn])
+        return TurnOne(root, n, answer, turn_ids, budgets, [q[:, window] for q in queries], positions[window],
+                       [q[:, : len(turn1)] for q in queries], prefill_queries)
 
     def _keep(self, scores: torch.Tensor, budget: int, root: TieredCache, n_ctx: int) -> list[torch.Tensor]:
         context = self.rule.select(scores, budget)  # (layers, heads, budget) positions == root slots
@@ -189,18 +221,17 @@ class RepairEngine:
             out["rule"] = (rs, time.perf_counter() - start)
         if wanted & {"exact", "proxy"}:
             start = time.perf_counter()
-            probe = comp.fork()
-            hf = probe.to_hf()
+            hf = comp.to_hf(scratch=True)  # the turn's rows land in spare room that no fork reads
             with capture_queries(self.model) as cap, torch.no_grad():
                 self.model(torch.tensor([turn_ids], device=comp.active.device), past_key_values=hf,
-                           position_ids=probe.position_ids(len(turn_ids)), use_cache=True, logits_to_keep=1)
+                           position_ids=comp.position_ids(len(turn_ids)), use_cache=True, logits_to_keep=1)
             forward = time.perf_counter() - start
             if "exact" in wanted:
                 start = time.perf_counter()
                 out["exact"] = (score_rows(comp, [cap.queries[i][0] for i in range(comp.num_layers)], self.config.chunk_rows), forward + time.perf_counter() - start)
             if "proxy" in wanted:
                 start = time.perf_counter()
-                new_keys = [layer.keys[:, :, probe.rows :] for layer in hf.layers]
+                new_keys = [layer.keys[:, :, comp.rows :] for layer in hf.layers]
                 out["proxy"] = (score_rows(comp, proxy_queries(new_keys), self.config.chunk_rows), forward + time.perf_counter() - start)
         if "stale" in wanted:
             start = time.perf_counter()
@@ -265,7 +296,7 @@ class RepairEngine:
         else:
             expanded = per_unit
         cache = root.fork()
-        cache.compress(self._keep(expanded.view(layers, heads, n_ctx).cpu(), budget, root, n_ctx))
+        cache.compress(self._keep(expanded.view(layers, heads, n_ctx).cpu(), budget, root, n_ctx), warm=False)
         return cache, time.perf_counter() - start
 
     # --- a sample ------------------------------------------------------------------------------
@@ -276,75 +307,110 @@ class RepairEngine:
         first = self.turn_one(sample)
         root, n_ctx, stale_q = first.root, first.context_length, first.question_queries
         answer1_text = self.tokenizer.decode(first.answer)
-        turn_ids = self.next_turn_ids(sample, first.answer)
+        turn_ids, max_new = first.turn_ids[turn], first.max_new_tokens[turn]
         gold = sample.turns[turn].outputs
-        spans = _turn_spans(sample, turn)
-        needles = _needle_table(spans, root.seen_tokens, root.device)
+        needles = _needle_table(_turn_spans(sample, turn), root.seen_tokens, root.device)
         base = {**labels, "index": sample.index, "context_tokens": n_ctx, "tail_rows": root.rows - n_ctx,
                 "turn1_accuracy": sum(needle_recall(answer1_text, sample.turns[0].outputs)) / max(1, len(sample.turns[0].outputs))}
 
         start = time.perf_counter()
         scores = self.rule.score(first.rule_inputs()).cpu()
-        rule_s = time.perf_counter() - start
+        base["rule_s"] = time.perf_counter() - start
 
         rows = []
 
-        def record(cond, cache, answer, b, k, score_s=0.0, select_s=0.0, promote_s=0.0, resume_s=0.0):
+        def record(cond, cache, answer, b, k, **timing):
             text = self.tokenizer.decode(answer)
             recall = needle_recall(text, gold)
-            size = cache.bytes()
             rows.append({**base, "condition": cond.name, "deployable": cond.deployable, "B": b, "K": k,
-                         "accuracy": sum(recall) / len(recall), "recall": recall, "answer": text,
-                         "active_rows": cache.rows, "active_bytes": size.active_kv, "warm_bytes": size.warm_kv,
-                         "needle_rows_active": _span_coverage(cache, needles), "rule_s": rule_s, "score_s": score_s,
-                         "select_s": select_s, "promote_s": promote_s, "resume_s": resume_s})
+                         "accuracy": sum(recall) / len(recall), "recall": recall, "answer": text, **cache,
+                         **{"score_s": 0.0, "select_s": 0.0, "promote_s": 0.0, "resume_s": 0.0, **timing}})
 
         full = next((c for c in cfg.conditions if c.kind == "full"), None)
         if full is not None:
             start = time.perf_counter()
-            answer = resume_batch(self.model, [root], turn_ids, cfg.max_new_tokens, self.stop_ids)[0]
+            answer = resume_batch(self.model, [root], turn_ids, max_new, self.stop_ids)[0]
             resume_s = time.perf_counter() - start
             for b in cfg.budgets:
                 for k in cfg.ks:
-                    record(full, root, answer, b, k, resume_s=resume_s)
+                    record(full, _cache_columns(root, needles), answer, b, k, resume_s=resume_s)
 
-        pending = []  # (condition, cache, timings, B, K), resumed together across budgets
-
-        def resume_pending():
-            for batch in _batches(pending, cfg.resume_batch_rows):
-                start = time.perf_counter()
-                answers = resume_batch(self.model, [c for _, c, _, _, _ in batch], turn_ids, cfg.max_new_tokens, self.stop_ids)
-                resume_s = (time.perf_counter() - start) / len(batch)
-                for (cond, cache, timing, b, k), answer in zip(batch, answers):
-                    record(cond, cache, answer, b, k, resume_s=resume_s, **timing)
-            pending.clear()
-
+        pending: list[_Pending] = []
+        headroom = len(turn_ids) + max_new
         for b in cfg.budgets:
             comp = root.fork()
-            comp.compress(self._keep(scores, b, root, n_ctx), reserve=max(cfg.ks))
+            comp.compress(self._keep(scores, b, root, n_ctx), reserve=max(max(cfg.ks), len(turn_ids)))
             signals, memo = self._signals(comp, turn_ids, stale_q, scores), {}
+            tail = root.rows - n_ctx
             for k in cfg.ks:
                 for cond in cfg.conditions:
-                    if cond.kind == "repair":
-                        cache, select_s, promote_s = self._repair(cond, comp, k, n_ctx, signals, sample, b, memo)
-                        score_s = signals[cond.signal][1] if cond.signal else 0.0
-                        pending.append((cond, cache, {"score_s": score_s, "select_s": select_s, "promote_s": promote_s}, b, k))
-                    elif cond.kind == "refresh":
-                        cache, select_s = self._refresh(cond, root, signals, b + k, n_ctx, sample)
-                        pending.append((cond, cache, {"score_s": signals[cond.signal][1], "select_s": select_s}, b, k))
-            # Budgets share batches (fewer, fuller forwards) while the caches held stay within
-            # one batch's rows; past that, resume now so memory does not grow with the grid.
-            if sum(p[1].rows for p in pending) >= cfg.resume_batch_rows:
-                resume_pending()
-        resume_pending()
+                    if cond.kind != "full":
+                        pending.append(_Pending(cond, b, k, b + k + tail, self._recipe(cond, comp, root, k, b, n_ctx, signals,
+                                                                                     sample, memo)))
+            # Budgets share batches (fewer, fuller forwards) while their waiting rows fit in one batch;
+            # past that, resume now so memory does not grow with the grid.
+            if sum(p.rows + headroom for p in pending) >= cfg.resume_batch_rows:
+                self._resume(pending, turn_ids, max_new, needles, record)
+        self._resume(pending, turn_ids, max_new, needles, record)
         return rows
 
+    def _recipe(self, cond: Condition, comp: TieredCache, root: TieredCache, k: int, b: int, n_ctx: int, signals,
+                sample: Sample, memo: dict):
+        """How to build one condition's cache when its batch is assembled: (cache, timings)."""
+        if cond.kind == "repair":
+            def build():
+                cache, select_s, promote_s = self._repair(cond, comp, k, n_ctx, signals, sample, b, memo)
+                return cache, {"score_s": signals[cond.signal][1] if cond.signal else 0.0, "select_s": select_s,
+                               "promote_s": promote_s}
+        else:
+            def build():
+                cache, select_s = self._refresh(cond, root, signals, b + k, n_ctx, sample)
+                return cache, {"score_s": signals[cond.signal][1], "select_s": select_s}
+        return build
 
-def _batches(pending: list, max_rows: int) -> list[list]:
-    """Group caches (smallest first) so that each batch's padded rows x caches stay within max_rows."""
+    def _resume(self, pending: list["_Pending"], turn_ids: list[int], max_new: int, needles, record) -> None:
+        """Build the waiting caches batch by batch into one padded buffer each, resume, record, free."""
+        headroom = len(turn_ids) + max_new
+        for batch in _batches(pending, self.config.resume_batch_rows, headroom):
+            stacked, columns, timings = None, [], []
+            for slot, item in enumerate(batch):
+                cache, timing = item.build()
+                stacked = stacked or CacheBatch([p.rows for p in batch], cache, headroom)
+                stacked.put(slot, cache)
+                columns.append(_cache_columns(cache, needles))
+                timings.append(timing)
+                del cache  # only the batch buffer holds its rows from here on
+            start = time.perf_counter()
+            answers = resume_batch(self.model, stacked, turn_ids, max_new, self.stop_ids)
+            resume_s = (time.perf_counter() - start) / len(batch)
+            for item, cols, timing, answer in zip(batch, columns, timings, answers):
+                record(item.cond, cols, answer, item.b, item.k, resume_s=resume_s, **timing)
+        pending.clear()
+
+
+@dataclass
+class _Pending:
+    """A condition of one (B, K) cell waiting for its batch: its cache is built then."""
+
+    cond: Condition
+    b: int
+    k: int
+    rows: int  # active rows it will hold (B + K + the turn-1 tail)
+    build: object  # () -> (TieredCache, timings)
+
+
+def _cache_columns(cache: TieredCache, needles) -> dict:
+    """What a row reports of a condition's cache, measured from its tensors."""
+    size = cache.bytes()
+    return {"active_rows": cache.rows, "active_bytes": size.active_kv, "warm_bytes": size.warm_kv,
+            "needle_rows_active": _span_coverage(cache, needles)}
+
+
+def _batches(pending: list, max_rows: int, headroom: int = 0) -> list[list]:
+    """Group caches (smallest first) so that each batch's padded rows (+ the turn's room) x caches stay within max_rows."""
     batches, current = [], []
-    for item in sorted(pending, key=lambda p: p[1].rows):
-        if current and item[1].rows * (len(current) + 1) > max_rows:
+    for item in sorted(pending, key=lambda p: p.rows):
+        if current and (item.rows + headroom) * (len(current) + 1) > max_rows:
             batches.append(current)
             current = []
         current.append(item)
@@ -370,4 +436,4 @@ def _span_coverage(cache: TieredCache, needles: tuple[torch.Tensor, int]) -> flo
     if not count:
         return 0.0
     hits = torch.stack([table[cache.active.positions(layer)[0]].sum(-1) for layer in range(cache.num_layers)])
-    return float((hits.float() / count).mean())
+    return float((hits.cpu().float() / count).mean())  # on the CPU: the same float on every device

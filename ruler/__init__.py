@@ -6,8 +6,8 @@ first. Every needle carries its character span, its token span in the prefilled 
 its depth and the turns that ask for it.
 """
 
-from ruler.sample import Needle, Sample, Turn
 from ruler.generation import generate, generate_many, partitions
+from ruler.sample import Needle, Sample, Turn
 from ruler.tasks import TASKS, TaskSpec, get_task
 
 __all__ = ["Needle", "Sample", "TASKS", "TaskSpec", "Turn", "generate", "generate_many", "get_task", "partitions"]

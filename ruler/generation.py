@@ -15,7 +15,15 @@ from ruler.render import annotate_tokens, encode, render, use_chat
 from ruler.sample import Needle, Sample, Turn
 from ruler.seeding import sample_seed
 from ruler.tasks import TaskSpec, get_task
-from ruler.templates import ANSWER_PREFIX, INSTRUCTION, NEEDLE_TEMPLATES, ORDINAL_QUERY, ORDINALS, QUESTION, join_queries
+from ruler.templates import (
+    ANSWER_PREFIX,
+    INSTRUCTION,
+    NEEDLE_TEMPLATES,
+    ORDINAL_QUERY,
+    ORDINALS,
+    QUESTION,
+    join_queries,
+)
 
 
 class LengthError(ValueError):

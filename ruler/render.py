@@ -1,21 +1,30 @@
 """Turn a sample into the text and tokens a model sees: the prompt (prefilled once) and
 each turn, rendered with the tokenizer's chat template when it has one, a plain-text turn
 format otherwise. Token spans of the needles are computed on the rendered prompt.
+
+A chat conversation is rendered once, with a sentinel in place of every message's content:
+the template's own frames (headers, end-of-turn markers, system prompt) are what lies
+between the sentinels, so no turn depends on a generated answer and nothing is found by
+searching for content that a template may have trimmed (Llama-3.1's trims every message).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ruler.sample import Sample
 
 PLAIN_TURN_SEPARATOR = "\n\n"  # plain format: a later turn follows the previous answer after a blank line
+_SENTINEL = "\ue000{}\ue001"  # private-use characters: no template trims or escapes them
+_SENTINEL_RE = re.compile("\ue000[0-9]+\ue001")
+_PAD = " \n "
 
 
 @dataclass
 class Rendered:
     prompt_text: str  # what is prefilled once (chat header + instruction + context)
-    prompt_offset: int  # where Sample.prompt starts inside prompt_text
+    prompt_offset: int  # where Sample.prompt starts inside prompt_text (negative if the template trimmed its start)
     turn_texts: list[str]  # turn 1: question + answer prefix; turn k: turn header + question + prefix
 
 
@@ -32,40 +41,59 @@ def _template(tokenizer, messages, generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def render(sample: Sample, tokenizer, chat: bool | None = None, answers: list[str] | None = None) -> Rendered:
-    """Render all turns. `answers[k]` is turn k's generated answer (placeholders when unknown)."""
+def _conversation(turns: int) -> list[dict]:
+    """user, assistant, user, ..., user: one sentinel per message."""
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": _SENTINEL.format(i)} for i in range(2 * turns - 1)]
+
+
+def content_strips(tokenizer) -> bool:
+    """Whether the template strips whitespace around a message's content (Llama-3.1: `| trim`)."""
+    marker = _SENTINEL.format(0)
+    out = _template(tokenizer, [{"role": "user", "content": _PAD + marker + _PAD}], True)
+    if _PAD + marker + _PAD in out:
+        return False
+    if marker in out and _PAD + marker not in out and marker + _PAD not in out:
+        return True
+    raise ValueError("the chat template rewrites message content beyond trimming; cannot render turns")
+
+
+def chat_frames(tokenizer, turns: int) -> list[str]:
+    """The template's text around each message of a `turns`-turn conversation: frames[i] precedes
+    message i, frames[-1] is the generation prompt after the last question.
+
+    Refuses templates that re-render earlier turns (a turn must extend the text before it)."""
+    messages = _conversation(turns)
+    full = _template(tokenizer, messages, True)
+    frames = _SENTINEL_RE.split(full)
+    if len(frames) != len(messages) + 1 or _SENTINEL_RE.findall(full) != [m["content"] for m in messages]:
+        raise ValueError("the chat template does not render each message once, in order; cannot render turns")
+    for end in range(1, len(messages)):
+        partial = _template(tokenizer, messages[:end], messages[end - 1]["role"] == "user")
+        if not full.startswith(partial):
+            raise ValueError("the chat template re-renders earlier turns; cannot append a turn incrementally")
+    return frames
+
+
+def render(sample: Sample, tokenizer, chat: bool | None = None) -> Rendered:
+    """Render every turn once; a later turn's text starts right after the model's answer to the one before."""
     chat = use_chat(sample.chat if chat is None else chat, tokenizer)
-    answers = answers or [""] * len(sample.turns)
     first = sample.turns[0]
     if not chat:
         texts = [first.question + first.answer_prefix]
         texts += [PLAIN_TURN_SEPARATOR + t.question + t.answer_prefix for t in sample.turns[1:]]
         return Rendered(sample.prompt, 0, texts)
-    messages = [{"role": "user", "content": sample.prompt + first.question}]
-    full = _template(tokenizer, messages, True)
-    offset = full.index(sample.prompt)
-    split = offset + len(sample.prompt)
-    texts = [full[split:] + first.answer_prefix]
+    frames, strips = chat_frames(tokenizer, len(sample.turns)), content_strips(tokenizer)
+    content = sample.prompt + first.question
+    lead = len(content) - len(content.lstrip()) if strips else 0
+    if lead >= len(sample.prompt):
+        raise ValueError("the sample's prompt is only whitespace")
+    content = content.strip() if strips else content
+    split = len(sample.prompt) - lead
+    texts = [content[split:] + frames[1] + first.answer_prefix]
     for k, turn in enumerate(sample.turns[1:], start=1):
-        texts.append(next_turn_text(tokenizer, messages, sample.turns[k - 1].answer_prefix + answers[k - 1], turn.question) + turn.answer_prefix)
-        messages = messages + [{"role": "assistant", "content": sample.turns[k - 1].answer_prefix + answers[k - 1]},
-                               {"role": "user", "content": turn.question}]
-    return Rendered(full[:split], offset, texts)
-
-
-def next_turn_text(tokenizer, history: list[dict], answer: str, question: str) -> str:
-    """The text that follows a generated `answer` to open the next user turn (chat template).
-
-    Rendered as the difference between the conversation with and without the new turn, so
-    it carries exactly the template's end-of-turn and role markers.
-    """
-    before = _template(tokenizer, history + [{"role": "assistant", "content": answer}], False)
-    after = _template(tokenizer, history + [{"role": "assistant", "content": answer}, {"role": "user", "content": question}], True)
-    if not after.startswith(before):
-        raise ValueError("the chat template re-renders earlier turns; cannot append a turn incrementally")
-    # The answer itself was generated by the model: the next turn starts after it.
-    end_of_answer = before.rindex(answer) + len(answer) if answer else len(before)
-    return before[end_of_answer:] + after[len(before):]
+        question = turn.question.strip() if strips else turn.question
+        texts.append(frames[2 * k] + question + frames[2 * k + 1] + turn.answer_prefix)
+    return Rendered(frames[0] + content[:split], len(frames[0]) - lead, texts)
 
 
 def encode(tokenizer, text: str) -> list[int]:

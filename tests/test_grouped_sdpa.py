@@ -2,7 +2,7 @@ import torch
 
 from idlekv.attention import capture_queries, set_implementation
 from idlekv.cache import TieredCache
-from idlekv.cache.tiered import stack_to_hf
+from idlekv.cache.batch import stack_to_hf
 from idlekv.grouped_sdpa import GROUPED_SDPA, register_grouped_sdpa
 
 

@@ -112,7 +112,7 @@ def test_refresh_reselects_b_plus_k_rows_with_its_selector(setup):
     root, n_ctx = first.root, first.context_length
     comp = root.fork()
     comp.compress(engine._keep(engine.rule.score(first.rule_inputs()), B, root, n_ctx), reserve=40)
-    signals = engine._signals(comp, engine.next_turn_ids(sample, first.answer), None, None, {"exact"})
+    signals = engine._signals(comp, first.turn_ids[1], None, None, {"exact"})
     for cond in (Condition("R", "refresh", "exact", "topk_burst"), Condition("R", "refresh", "exact")):
         cache, _ = engine._refresh(cond, root, signals, B + 40, n_ctx, sample)
         for layer in range(root.num_layers):
@@ -234,7 +234,7 @@ def compressed_with_signal(engine, sample, signal):
     scores = engine.rule.score(first.rule_inputs())
     comp = root.fork()
     comp.compress(engine._keep(scores, B, root, n_ctx), reserve=40)
-    return root, n_ctx, comp, engine._signals(comp, engine.next_turn_ids(sample, first.answer), None, scores, {signal})
+    return root, n_ctx, comp, engine._signals(comp, first.turn_ids[1], None, scores, {signal})
 
 
 def test_active_anchored_idlekv_promotes_exactly_k_warm_rows(setup):

@@ -6,8 +6,21 @@ import torch
 
 from idlekv.attention import capture_queries
 from idlekv.cache import TieredCache
-from idlekv.retention import (H2O, RULES, TOVA, KeyDiff, Knorm, KVMirrorHybrid, RandomRule, RecentWindow, RetentionInputs,
-                              Scissorhands, SnapKV, StreamingLLM, build_rule)
+from idlekv.retention import (
+    H2O,
+    RULES,
+    TOVA,
+    KeyDiff,
+    Knorm,
+    KVMirrorHybrid,
+    RandomRule,
+    RecentWindow,
+    RetentionInputs,
+    Scissorhands,
+    SnapKV,
+    StreamingLLM,
+    build_rule,
+)
 from tests.reference_attention import masked_rows
 
 CONTEXT, WINDOW, BUDGET, SINKS, RECENT = 40, 6, 16, 2, 4

@@ -161,7 +161,7 @@ def test_bad_selections_are_refused(tiny_model, token_ids):
 def test_stacked_caches_append_into_their_headroom():
     """stack_to_hf(headroom=n): the next n rows are written in place behind the stacked rows
     (no copy of the layer per token); past the room it concatenates, with the same result."""
-    from idlekv.cache.tiered import stack_to_hf
+    from idlekv.cache.batch import stack_to_hf
 
     gen = torch.Generator().manual_seed(0)
     k = [torch.randn(1, 2, 7, 4, generator=gen) for _ in range(2)]

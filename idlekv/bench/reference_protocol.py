@@ -19,8 +19,8 @@ from idlekv.cache import TieredCache
 from idlekv.cache.quant import QuantizedRows, dequantize
 from idlekv.cache.selection import gather_rows
 from idlekv.generation import resume_batch
-from idlekv.repair.scoring import RowScores
 from idlekv.protocol import RepairEngine
+from idlekv.repair.scoring import RowScores
 
 
 def reference_exact_scores(cache: TieredCache, queries: list[torch.Tensor]) -> RowScores:
@@ -48,6 +48,7 @@ def reference_exact_scores(cache: TieredCache, queries: list[torch.Tensor]) -> R
 
 def resort(cache: TieredCache) -> None:
     """The reference re-sorted the whole cache by position after every promotion."""
+    cache.active.own()
     for layer in range(cache.num_layers):
         o = cache.active.positions(layer)[0].argsort(dim=-1)[None]
         for buf in (cache.active._k[layer], cache.active._v[layer]):
@@ -64,12 +65,12 @@ def run_reference_sample(engine: RepairEngine, sample) -> tuple[float, int]:
     start = time.perf_counter()
     first = engine.turn_one(sample)
     root, n_ctx, stale_q = first.root, first.context_length, first.question_queries
-    turn_ids = engine.next_turn_ids(sample, first.answer)
+    turn_ids, max_new = first.turn_ids[cfg.turn], first.max_new_tokens[cfg.turn]
     scores = engine.rule.score(first.rule_inputs()).cpu()
     cells = 0
 
     def decode_alone(cache):  # batch 1, token by token
-        resume_batch(model, [cache], turn_ids, cfg.max_new_tokens, engine.stop_ids)
+        resume_batch(model, [cache], turn_ids, max_new, engine.stop_ids)
 
     decode_alone(root.fork())  # Full, once per sample
     for b in cfg.budgets:
@@ -83,7 +84,7 @@ def run_reference_sample(engine: RepairEngine, sample) -> tuple[float, int]:
                 signals = engine._signals(comp, turn_ids, stale_q, scores, {"rule"}) if cond.signal == "rule" else {}
                 if cond.signal in ("exact", "proxy") or cond.kind == "refresh":
                     probe = comp.fork()
-                    hf = probe.to_hf()
+                    hf = probe.to_hf()  # the reference copies the cache for its scoring prefill
                     with capture_queries(model) as cap:
                         model(torch.tensor([turn_ids], device=comp.active.device), past_key_values=hf,
                               position_ids=probe.position_ids(len(turn_ids)), use_cache=True, logits_to_keep=1)

@@ -58,7 +58,8 @@ def shared_work_seconds(engine: RepairEngine, sample) -> float:
     start = time.perf_counter()
     first = engine.turn_one(sample)
     engine.rule.score(first.rule_inputs())
-    resume_batch(engine.model, [first.root], engine.next_turn_ids(sample, first.answer), engine.config.max_new_tokens, engine.stop_ids)
+    turn = engine.config.turn
+    resume_batch(engine.model, [first.root], first.turn_ids[turn], first.max_new_tokens[turn], engine.stop_ids)
     return time.perf_counter() - start
 
 
@@ -165,7 +166,7 @@ def part_b_c(args, device) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def main_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model folder for (a) (default models/embedded)")
     parser.add_argument("--samples", type=int, default=3)
@@ -181,7 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip", choices=["a", "bc"], help="skip a part")
     parser.add_argument("--out", help="write the results as JSON here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = main_parser().parse_args(argv)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device={device}, torch threads={torch.get_num_threads()}")
     results = {"device": device}

@@ -2,8 +2,10 @@
 
 Per layer, keys/values (batch, kv_heads, rows, head_dim) and the original position of
 every row (batch, kv_heads, rows): heads may keep different rows. Buffers may hold spare
-capacity so that promoting K rows into a budget reserved at compression time writes K
-rows instead of copying the whole cache. Forks share buffers copy-on-write.
+capacity, so a turn's rows are written in place behind the cache instead of concatenated
+onto a copy of it. Forks share buffers; rows appended to a shared tier (a repair's promoted
+rows) go to the fork's own small `extra` segment, so waiting repaired forks of one compressed
+cache hold K rows each, not a copy of the whole cache.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class ActiveTier:
         self._v = [_with_capacity(v, capacity) for v in values]
         self._p = [_with_capacity(p.to(k.device), capacity) for p, k in zip(positions, keys)]
         self._shared = False
+        self._extra: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None  # per layer (k, v, p)
 
     # --- geometry -------------------------------------------------------------------
     @property
@@ -40,7 +43,11 @@ class ActiveTier:
 
     @property
     def rows(self) -> int:
-        return self._len
+        return self._len + self.extra_rows
+
+    @property
+    def extra_rows(self) -> int:
+        return 0 if self._extra is None else self._extra[0][0].shape[-2]
 
     @property
     def capacity(self) -> int:
@@ -55,6 +62,10 @@ class ActiveTier:
         return self._k[0].shape[1]
 
     @property
+    def head_dim(self) -> int:
+        return self._k[0].shape[-1]
+
+    @property
     def device(self) -> torch.device:
         return self._k[0].device
 
@@ -63,28 +74,39 @@ class ActiveTier:
         return self._k[0].dtype
 
     def keys(self, layer: int) -> torch.Tensor:
+        self._materialize()
         return self._k[layer][:, :, : self._len]
 
     def values(self, layer: int) -> torch.Tensor:
+        self._materialize()
         return self._v[layer][:, :, : self._len]
 
     def positions(self, layer: int) -> torch.Tensor:
-        return self._p[layer][:, :, : self._len]
+        base = self._p[layer][:, :, : self._len]
+        return base if self._extra is None else torch.cat([base, self._extra[layer][2]], dim=-1)
+
+    def segments(self, layer: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The layer's rows as (keys, values, positions) views, without materialising a fork's extra rows."""
+        base = (self._k[layer][:, :, : self._len], self._v[layer][:, :, : self._len], self._p[layer][:, :, : self._len])
+        return [base] if self._extra is None else [base, self._extra[layer]]
 
     # --- bytes, from the tensors held -------------------------------------------------
     @property
     def kv_nbytes(self) -> int:
         """Bytes of the keys and values of the rows in use."""
-        return sum(self.keys(i).numel() * self._k[i].element_size() * 2 for i in range(self.num_layers))
+        return 2 * self.num_layers * self.batch * self.kv_heads * self.rows * self.head_dim * self._k[0].element_size()
 
     @property
     def allocated_nbytes(self) -> int:
-        """Bytes of the key/value buffers on the device, spare capacity included."""
-        return sum(k.untyped_storage().nbytes() + v.untyped_storage().nbytes() for k, v in zip(self._k, self._v))
+        """Bytes of the key/value buffers on the device, spare capacity and a fork's extra rows included."""
+        base = sum(k.untyped_storage().nbytes() + v.untyped_storage().nbytes() for k, v in zip(self._k, self._v))
+        extra = 0 if self._extra is None else sum(k.numel() * k.element_size() * 2 for k, _, _ in self._extra)
+        return base + extra
 
     # --- operations -------------------------------------------------------------------
     def split(self, keep: Selection, reserve: int = 0) -> tuple["ActiveTier", list[tuple[torch.Tensor, ...]]]:
         """Keep `keep` rows (with room for `reserve` more); return the evicted rows per layer."""
+        self._materialize()
         kept_k, kept_v, kept_p, evicted = [], [], [], []
         for layer, idx in enumerate(keep):
             idx = idx.to(self.device)
@@ -100,33 +122,71 @@ class ActiveTier:
         kept_rows = keep[0].shape[-1]
         return ActiveTier(kept_k, kept_v, kept_p, capacity=kept_rows + reserve), evicted
 
+    def gather(self, keep: Selection, reserve: int = 0) -> "ActiveTier":
+        """A new tier of the `keep` rows only (nothing evicted anywhere)."""
+        self._materialize()
+        idx = [i.to(self.device).sort(dim=-1).values for i in keep]
+        for layer, i in enumerate(idx):
+            check_distinct_in_range(i, self._len, f"layer {layer} keep set")
+        return ActiveTier([gather_rows(k, i) for k, i in zip(self._k, idx)], [gather_rows(v, i) for v, i in zip(self._v, idx)],
+                          [gather_rows(p, i) for p, i in zip(self._p, idx)], capacity=keep[0].shape[-1] + reserve)
+
     def append(self, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], positions: Sequence[torch.Tensor]) -> None:
-        """Append rows to every layer (in place; reallocates when shared or full)."""
+        """Append rows to every layer: in place when the buffers are this tier's own, else into the fork's extra rows."""
         extra = {k.shape[-2] for k in keys}
         if len(extra) != 1:
             raise ValueError(f"every layer must receive the same number of rows; got {sorted(extra)}")
         extra = extra.pop()
+        if self._shared:
+            rows = [(k.to(self.device, self.dtype), v.to(self.device, self.dtype), p.to(self.device))
+                    for k, v, p in zip(keys, values, positions)]
+            if self._extra is not None:
+                rows = [tuple(torch.cat([a, b], dim=2) for a, b in zip(old, new))
+                        for old, new in zip(self._extra, rows)]
+            self._extra = rows
+            return
+        self.reserve(extra)
         new_len = self._len + extra
-        if self._shared or new_len > self.capacity:
-            capacity = max(new_len, self.capacity)
-            self._k = [_with_capacity(self.keys(i), capacity, force_copy=True) for i in range(self.num_layers)]
-            self._v = [_with_capacity(self.values(i), capacity, force_copy=True) for i in range(self.num_layers)]
-            self._p = [_with_capacity(self.positions(i), capacity, force_copy=True) for i in range(self.num_layers)]
-            self._shared = False
         for i in range(self.num_layers):
             self._k[i][:, :, self._len : new_len] = keys[i].to(self.device, self.dtype)
             self._v[i][:, :, self._len : new_len] = values[i].to(self.device, self.dtype)
             self._p[i][:, :, self._len : new_len] = positions[i].to(self.device)
         self._len = new_len
 
+    def written_in_place(self, rows: int, positions: torch.Tensor) -> None:
+        """Take in `rows` rows a forward already wrote behind this tier's rows in its own buffers."""
+        if self._shared or self._extra is not None or self._len + rows > self.capacity:
+            raise ValueError("rows can only be written in place into a tier's own spare capacity")
+        for p in self._p:
+            p[:, :, self._len : self._len + rows] = positions.to(self.device)
+        self._len += rows
+
+    def reserve(self, rows: int) -> None:
+        """Own the buffers with room for `rows` more rows (one reallocation at most)."""
+        if self._shared or self._extra is not None or self._len + rows > self.capacity:
+            self._reallocate(max(self.capacity, self.rows + rows))
+
     def own(self) -> None:
-        """Materialise a fork's copy-on-write buffers now (keeping capacity), not at the next append."""
-        if self._shared:
-            self.append([k[:, :, :0] for k in self._k], [v[:, :, :0] for v in self._v], [p[:, :, :0] for p in self._p])
+        """Materialise a fork's shared buffers and extra rows now (keeping capacity), not at the next use."""
+        if self._shared or self._extra is not None:
+            self._reallocate(max(self.capacity, self.rows))
+
+    def _materialize(self) -> None:
+        if self._extra is not None:
+            self.own()
+
+    def _reallocate(self, capacity: int) -> None:
+        layers = [self.segments(i) for i in range(self.num_layers)]
+        cat = lambda parts: parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # noqa: E731
+        self._k = [_with_capacity(cat([s[0] for s in seg]), capacity, force_copy=True) for seg in layers]
+        self._v = [_with_capacity(cat([s[1] for s in seg]), capacity, force_copy=True) for seg in layers]
+        self._p = [_with_capacity(cat([s[2] for s in seg]), capacity, force_copy=True) for seg in layers]
+        self._len, self._extra, self._shared = sum(s[0].shape[-2] for s in layers[0]), None, False
 
     def fork(self) -> "ActiveTier":
         twin = object.__new__(ActiveTier)
         twin._k, twin._v, twin._p, twin._len = list(self._k), list(self._v), list(self._p), self._len
+        twin._extra = None if self._extra is None else list(self._extra)  # extra tensors are replaced, never written
         twin._shared = self._shared = True
         return twin
 

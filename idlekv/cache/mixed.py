@@ -75,7 +75,7 @@ class MixedPrecisionCache:
     def position_ids(self, length: int) -> torch.Tensor:
         return torch.arange(self.seen_tokens, self.seen_tokens + length, device=self.device).expand(self.full_k[0].shape[0], length)
 
-    def to_hf(self):
+    def to_hf(self, headroom: int = 0):
         """A DynamicCache over full rows + the quantized rows dequantized (a transient copy)."""
         dtype = self.full_k[0].dtype
         return dynamic_cache([torch.cat([f, dequantize(q, dtype)], dim=2) for f, q in zip(self.full_k, self.quant_k)],

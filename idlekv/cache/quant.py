@@ -29,13 +29,9 @@ class QuantizedRows:
             0 if self.scale is None else self.scale.numel() * self.scale.element_size()
         )
 
-    def to(self, device, non_blocking: bool = False, pin: bool = False) -> "QuantizedRows":
-        return QuantizedRows(_move(self.data, device, non_blocking, pin), None if self.scale is None else _move(self.scale, device, non_blocking, pin))
-
-
-def _move(t: torch.Tensor, device, non_blocking: bool, pin: bool) -> torch.Tensor:
-    t = t.to(device, non_blocking=non_blocking)
-    return t.pin_memory() if pin and not t.is_pinned() else t
+    def map(self, fn) -> "QuantizedRows":
+        """The same rows with `fn` applied to the data and the scales (a move, a gather)."""
+        return QuantizedRows(fn(self.data), None if self.scale is None else fn(self.scale))
 
 
 def quantize(rows: torch.Tensor, precision: str) -> QuantizedRows:

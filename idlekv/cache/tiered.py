@@ -17,6 +17,7 @@ import torch
 
 from idlekv.cache.active import ActiveTier
 from idlekv.cache.selection import Selection, normalize_selection
+from idlekv.cache.transfer import TransferPlan
 from idlekv.cache.warm import WarmTier
 
 
@@ -42,22 +43,30 @@ class TieredCache:
         values: Sequence[torch.Tensor],
         positions: Sequence[torch.Tensor] | None = None,
         warm_precision: str = "model",
-        pin_memory: bool | None = None,
     ) -> "TieredCache":
         if positions is None:
             b, h, n, _ = keys[0].shape
             pos = torch.arange(n, device=keys[0].device).expand(b, h, n)
             positions = [pos] * len(keys)
         seen = int(max(int(p.max()) for p in positions)) + 1 if positions[0].numel() else 0
-        pin = (keys[0].device.type == "cuda") if pin_memory is None else pin_memory
-        return cls(ActiveTier(keys, values, positions), WarmTier(len(keys), warm_precision, pin), seen)
+        plan = TransferPlan.for_device(keys[0].device)
+        return cls(ActiveTier(keys, values, positions), WarmTier(len(keys), warm_precision, plan), seen)
 
     @classmethod
-    def from_hf(cls, cache, warm_precision: str = "model", pin_memory: bool | None = None) -> "TieredCache":
+    def empty(cls, num_layers: int, kv_heads: int, head_dim: int, capacity: int, dtype: torch.dtype, device,
+              warm_precision: str = "model") -> "TieredCache":
+        """A cache with no rows and room for `capacity`: a prefill and its turns are written in place."""
+        keys = [torch.empty(1, kv_heads, 0, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
+        positions = [torch.empty(1, kv_heads, 0, dtype=torch.long, device=device)] * num_layers
+        active = ActiveTier(keys, [k.clone() for k in keys], positions, capacity=capacity)
+        return cls(active, WarmTier(num_layers, warm_precision, TransferPlan.for_device(device)), 0)
+
+    @classmethod
+    def from_hf(cls, cache, warm_precision: str = "model") -> "TieredCache":
         """Adopt a prefilled transformers cache (rows at positions 0..n-1)."""
         keys = [layer.keys for layer in cache.layers]
         values = [layer.values for layer in cache.layers]
-        return cls.from_tensors(keys, values, None, warm_precision, pin_memory)
+        return cls.from_tensors(keys, values, None, warm_precision)
 
     # --- geometry ----------------------------------------------------------------------
     @property
@@ -79,15 +88,19 @@ class TieredCache:
         return normalize_selection(selection, self.num_layers, self.active.batch, self.active.kv_heads)
 
     # --- the operations ------------------------------------------------------------------
-    def compress(self, keep: torch.Tensor | Sequence[torch.Tensor], reserve: int = 0) -> None:
-        """Keep the given active rows per layer/head; the rest move to the warm tier.
+    def compress(self, keep: torch.Tensor | Sequence[torch.Tensor], reserve: int = 0, warm: bool = True) -> None:
+        """Keep the given active rows per layer/head; the rest move to the warm tier (or are
+        dropped, with `warm=False`, for a cache that never repairs).
 
         `reserve` rows of device capacity are allocated beside the kept rows so that a
-        later promotion of up to that many rows fits the budget without reallocating.
+        later turn of up to that many rows is written in place.
         """
         keep = self._normalize(keep)
         if keep[0].shape[-1] > self.rows:
             raise ValueError(f"cannot keep {keep[0].shape[-1]} rows: the active tier holds {self.rows}")
+        if not warm:
+            self.active = self.active.gather(keep, reserve=reserve)
+            return
         self.active, evicted = self.active.split(keep, reserve=reserve)
         for layer, (k, v, p) in enumerate(evicted):
             if k.shape[-2]:
@@ -117,10 +130,26 @@ class TieredCache:
         start = self.seen_tokens
         return torch.arange(start, start + length, device=self.active.device).expand(self.active.batch, length)
 
-    def to_hf(self):
-        """A transformers DynamicCache over the active rows (no copy of the rows)."""
-        return dynamic_cache([self.active.keys(i) for i in range(self.num_layers)],
-                             [self.active.values(i) for i in range(self.num_layers)])
+    def to_hf(self, headroom: int = 0, scratch: bool = False):
+        """A transformers cache over the active rows (no copy of them).
+
+        A forward's new rows are written in place behind the rows when the buffers are this
+        cache's own (`headroom` makes room for that many first), or when `scratch` says the
+        caller only wants the forward's outputs: then they go to spare capacity that no fork
+        reads, and are never absorbed. Otherwise they are concatenated onto a copy."""
+        if headroom and not scratch:
+            self.active.reserve(headroom)
+        in_place = scratch or not self.active._shared
+        if not in_place or self.active.extra_rows:
+            self.active.own()
+        layer_class, cache = _headroom_layer_class(), _empty_dynamic_cache()
+        for i in range(self.num_layers):
+            layer = layer_class()
+            k, v = self.active._k[i], self.active._v[i]
+            rows = self.active.rows
+            layer.hold(k if in_place else k[:, :, :rows], v if in_place else v[:, :, :rows], rows)
+            cache.layers.append(layer)
+        return cache
 
     def absorb(self, cache) -> int:
         """Take in the rows a forward appended to `to_hf()`'s cache; returns how many."""
@@ -131,13 +160,22 @@ class TieredCache:
         if new == 0:
             return 0
         positions = self.position_ids(new).unsqueeze(1).expand(-1, self.active.kv_heads, -1)
-        self.active.append(
-            [layer.keys[:, :, self.rows :] for layer in cache.layers],
-            [layer.values[:, :, self.rows :] for layer in cache.layers],
-            [positions] * self.num_layers,
-        )
+        in_place = all(layer.keys.data_ptr() == self.active._k[i].data_ptr() for i, layer in enumerate(cache.layers))
+        if in_place and not self.active._shared and self.active.extra_rows == 0:
+            self.active.written_in_place(new, positions)
+        else:
+            self.active.append([layer.keys[:, :, self.rows :] for layer in cache.layers],
+                               [layer.values[:, :, self.rows :] for layer in cache.layers], [positions] * self.num_layers)
         self.seen_tokens += new
         return new
+
+
+def _empty_dynamic_cache():
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    cache.layers.clear()
+    return cache
 
 
 def dynamic_cache(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]):
@@ -178,40 +216,3 @@ def _headroom_layer_class():
             return self.keys, self.values
 
     return HeadroomLayer
-
-
-def stack_to_hf(caches: Sequence[TieredCache], headroom: int = 0):
-    """One transformers DynamicCache holding several caches as a batch, and its padding mask.
-
-    All caches must continue the same original sequence (equal `seen_tokens`): conditions of
-    one sample. Caches of equal size stack as they are (mask None); shorter ones are padded
-    with zero rows that a (batch, rows) attention mask hides, so conditions of different
-    budgets still decode together. Padding is a compute artefact: each cache's own bytes
-    are reported from its own tensors. `headroom` rows of room behind the rows let the next
-    forwards (a turn and its decoded answer) append in place.
-    """
-    lengths = {c.seen_tokens for c in caches}
-    if len(lengths) != 1:
-        raise ValueError(f"only caches continuing the same sequence stack; got original lengths {sorted(lengths)}")
-    rows = [c.rows for c in caches]
-    width = max(rows)
-    from transformers import DynamicCache
-
-    cache, layer_class = DynamicCache(), _headroom_layer_class()
-    for i in range(caches[0].num_layers):
-        first = caches[0].active.keys(i)
-        shape = (len(caches), first.shape[1], width + headroom, first.shape[3])
-        keys = torch.zeros(shape, dtype=first.dtype, device=first.device)
-        values = torch.zeros(shape, dtype=first.dtype, device=first.device)
-        for b, c in enumerate(caches):  # one copy into the batch buffer, padding rows stay zero
-            keys[b : b + 1, :, : c.rows].copy_(c.active.keys(i))
-            values[b : b + 1, :, : c.rows].copy_(c.active.values(i))
-        layer = layer_class()
-        layer.hold(keys, values, width)
-        cache.layers.append(layer)
-    if len(set(rows)) == 1:
-        return cache, None
-    mask = torch.zeros(len(caches), width, dtype=torch.long, device=caches[0].active.device)
-    for b, r in enumerate(rows):
-        mask[b, :r] = 1
-    return cache, mask

@@ -1,4 +1,4 @@
-"""The warm tier: evicted KV rows in host memory (pinned when CUDA is in use).
+"""The warm tier: evicted KV rows in host memory (pinned when the model runs on CUDA).
 
 Storage per layer is written once per eviction and never modified; which rows are still
 in the tier is a per-fork `present` mask. Forks therefore share the host bytes and stay
@@ -8,19 +8,20 @@ of rows no fork needs any more.
 
 from __future__ import annotations
 
-
 import torch
 
 from idlekv.cache.quant import PRECISIONS, QuantizedRows, dequantize, quantize
 from idlekv.cache.selection import Selection, check_distinct_in_range, gather_rows
+from idlekv.cache.transfer import TransferPlan, Uploader, host_cat, to_host
 
 
 class WarmTier:
-    def __init__(self, num_layers: int, precision: str = "model", pin_memory: bool | None = None):
+    def __init__(self, num_layers: int, precision: str = "model", plan: TransferPlan | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"unknown warm precision {precision!r}; choose one of {PRECISIONS}")
         self.precision = precision
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.plan = plan or TransferPlan.for_device("cpu")
+        self.upload = Uploader(self.plan)
         self._k: list[QuantizedRows | None] = [None] * num_layers
         self._v: list[QuantizedRows | None] = [None] * num_layers
         self._p: list[torch.Tensor | None] = [None] * num_layers
@@ -65,14 +66,14 @@ class WarmTier:
 
     # --- operations -------------------------------------------------------------------
     def add(self, layer: int, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
-        """Store evicted rows (quantized where they are, then copied to host)."""
-        k = quantize(keys, self.precision).to("cpu", pin=self.pin_memory)
-        v = quantize(values, self.precision).to("cpu", pin=self.pin_memory)
+        """Store evicted rows: quantized where they are (gathered on the device), then one copy into host storage."""
+        k = quantize(keys, self.precision).map(lambda t: to_host(t, self.plan))
+        v = quantize(values, self.precision).map(lambda t: to_host(t, self.plan))
         p = positions.to("cpu")
         present = torch.ones(p.shape, dtype=torch.bool)
         if self._k[layer] is not None:
-            k = _cat(self._k[layer], k, self.pin_memory)
-            v = _cat(self._v[layer], v, self.pin_memory)
+            k = _cat(self._k[layer], k, self.plan)
+            v = _cat(self._v[layer], v, self.plan)
             p = torch.cat([self._p[layer], p], dim=-1)
             present = torch.cat([self._present[layer], present], dim=-1)
         self._k[layer], self._v[layer], self._p[layer], self._present[layer] = k, v, p, present
@@ -111,9 +112,7 @@ class WarmTier:
             k = QuantizedRows(gather_rows(self._k[layer].data, idx), _gather_scale(self._k[layer], idx))
             v = QuantizedRows(gather_rows(self._v[layer].data, idx), _gather_scale(self._v[layer], idx))
             p = gather_rows(self._p[layer], idx)
-            # Gathered rows go through a pinned staging buffer so the copy to the GPU is asynchronous.
-            on_cuda = torch.device(device).type == "cuda"
-            k, v = k.to(device, non_blocking=on_cuda, pin=on_cuda), v.to(device, non_blocking=on_cuda, pin=on_cuda)
+            k, v = k.map(self.upload), v.map(self.upload)  # through pinned staging on CUDA: the upload is asynchronous
             out.append((dequantize(k, dtype), dequantize(v, dtype), p.to(device)))
             self._present[layer] = self._present[layer].scatter(-1, idx, False)
         return out
@@ -126,7 +125,7 @@ class WarmTier:
 
     def fork(self) -> "WarmTier":
         twin = object.__new__(WarmTier)
-        twin.precision, twin.pin_memory = self.precision, self.pin_memory
+        twin.precision, twin.plan, twin.upload = self.precision, self.plan, Uploader(self.plan)
         twin._k, twin._v, twin._p = list(self._k), list(self._v), list(self._p)
         twin._present = list(self._present)  # masks are replaced, never written in place
         return twin
@@ -137,8 +136,8 @@ class WarmTier:
             if self._present[layer] is None:
                 continue
             slots, _ = self.candidates(layer)
-            self._k[layer] = QuantizedRows(gather_rows(self._k[layer].data, slots), _gather_scale(self._k[layer], slots)).to("cpu", pin=self.pin_memory)
-            self._v[layer] = QuantizedRows(gather_rows(self._v[layer].data, slots), _gather_scale(self._v[layer], slots)).to("cpu", pin=self.pin_memory)
+            keep = lambda t: to_host(gather_rows(t, slots), self.plan)  # noqa: E731
+            self._k[layer], self._v[layer] = self._k[layer].map(keep), self._v[layer].map(keep)
             self._p[layer] = gather_rows(self._p[layer], slots)
             self._present[layer] = torch.ones(self._p[layer].shape, dtype=torch.bool)
 
@@ -155,7 +154,7 @@ def _gather_scale(q: QuantizedRows, idx: torch.Tensor) -> torch.Tensor | None:
     return None if q.scale is None else gather_rows(q.scale, idx)
 
 
-def _cat(a: QuantizedRows, b: QuantizedRows, pin: bool) -> QuantizedRows:
-    data = torch.cat([a.data, b.data], dim=2)
-    scale = None if a.scale is None else torch.cat([a.scale, b.scale], dim=2)
-    return QuantizedRows(data, scale).to("cpu", pin=pin)
+def _cat(a: QuantizedRows, b: QuantizedRows, plan: TransferPlan) -> QuantizedRows:
+    data = host_cat([a.data, b.data], 2, plan)
+    scale = None if a.scale is None else host_cat([a.scale, b.scale], 2, plan)
+    return QuantizedRows(data, scale)

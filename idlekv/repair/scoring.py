@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from idlekv.cache import TieredCache
-from idlekv.cache.quant import QuantizedRows, dequantize
+from idlekv.cache.quant import dequantize
 from idlekv.cache.selection import gather_rows
 from idlekv.repair.granularity import unit_scores
 
@@ -92,20 +92,21 @@ def _wide(logits: torch.Tensor, buffers: _Buffers) -> torch.Tensor:
     return buffers.get("wide", logits.shape).copy_(logits)
 
 
-def _warm_key_chunks(cache: TieredCache, layer: int, slots: torch.Tensor, chunk_rows: int, device, dtype):
+def _warm_key_chunks(cache: TieredCache, layer: int, slots: torch.Tensor, chunk_rows: int, dtype):
+    """The warm keys of `slots`, chunk by chunk, dequantized on the model's device (uploaded
+    through the warm tier's pinned staging buffer on CUDA: contiguous, asynchronous)."""
     stored = cache.warm._k[layer]
-    on_cuda = torch.device(device).type == "cuda"
     # Every slot present, in order (the usual case right after a compression): chunks are
     # slices of the storage, so no row is copied to gather them.
     in_order = bool((slots == torch.arange(slots.shape[-1], device=slots.device)).all())
     for start in range(0, slots.shape[-1], chunk_rows):
         if in_order:
             end = min(start + chunk_rows, slots.shape[-1])
-            part = QuantizedRows(stored.data[:, :, start:end], None if stored.scale is None else stored.scale[:, :, start:end])
+            part = stored.map(lambda t: t[:, :, start:end])  # noqa: B023
         else:
             idx = slots[None, :, start : start + chunk_rows]
-            part = QuantizedRows(gather_rows(stored.data, idx), None if stored.scale is None else gather_rows(stored.scale, idx))
-        yield dequantize(part.to(device, non_blocking=on_cuda, pin=on_cuda), dtype)[0]
+            part = stored.map(lambda t: gather_rows(t, idx))  # noqa: B023
+        yield dequantize(part.map(cache.warm.upload), dtype)[0]
 
 
 def _log2sumexp2(logits: torch.Tensor, buffers: _Buffers) -> torch.Tensor:
@@ -153,7 +154,7 @@ def default_chunk_rows(device: torch.device) -> int:
 
 @torch.no_grad()
 def score_rows(cache: TieredCache, queries: list[torch.Tensor], chunk_rows: int | None = None,
-               compute_dtype: torch.dtype | None = None, max_logit_bytes: int = 1 << 30) -> RowScores:
+               compute_dtype: torch.dtype | None = None, max_logit_bytes: int | None = None) -> RowScores:
     """Scores of every active and warm row of `cache` for the next-turn `queries` (per layer (Hq, T, d)).
 
     The logits' matmuls run in the model's dtype on the model's device (accumulating in
@@ -164,6 +165,8 @@ def score_rows(cache: TieredCache, queries: list[torch.Tensor], chunk_rows: int 
     device = cache.active.device
     dtype = compute_dtype or cache.active.dtype
     chunk_rows = chunk_rows or default_chunk_rows(device)
+    if max_logit_bytes is None:  # a GPU keeps the logits of 1M rows rather than stream every warm key twice
+        max_logit_bytes = (8 << 30) if torch.device(device).type == "cuda" else (1 << 30)
     out = RowScores([], [], [], [], [])
     buffers = _Buffers(device)  # reused by every layer
     for layer in range(cache.num_layers):
@@ -178,12 +181,12 @@ def score_rows(cache: TieredCache, queries: list[torch.Tensor], chunk_rows: int 
         slots, positions = (slots[0], positions[0]) if slots.numel() else (slots.view(heads, 0), positions.view(heads, 0))
         keep = heads * group * tokens * slots.shape[-1] * q.element_size() <= max_logit_bytes
         kept = []
-        for i, keys in enumerate(_warm_key_chunks(cache, layer, slots, chunk_rows, device, dtype)):
+        for i, keys in enumerate(_warm_key_chunks(cache, layer, slots, chunk_rows, dtype)):
             logits = _logits(keys, q, buffers, ("kept", i) if keep else "chunk")
             if keep:
                 kept.append(logits)
             lse2 = _add_rows(lse2, logits, buffers)
-        chunks = kept if keep else (_logits(k, q, buffers, "chunk") for k in _warm_key_chunks(cache, layer, slots, chunk_rows, device, dtype))
+        chunks = kept if keep else (_logits(k, q, buffers, "chunk") for k in _warm_key_chunks(cache, layer, slots, chunk_rows, dtype))
         warm = [_reduce(c, lse2, group, tokens, buffers) for c in chunks]
         out.warm.append(torch.cat(warm, dim=-1) if warm else torch.zeros(heads, 0, device=device))
         out.warm_positions.append(positions.to(device))

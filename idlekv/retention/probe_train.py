@@ -28,7 +28,7 @@ from ruler.render import encode, render
 def labelled_sample(model, tokenizer, sample, mass: float) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     """Per layer: features (heads, n, F), needed labels (heads, n), window max attention (heads, n)."""
     gold = [turn.gold_answer(sample.options.get("answer_format", "values")) for turn in sample.turns]
-    rendered = render(sample, tokenizer, answers=gold)
+    rendered = render(sample, tokenizer)
     context = encode(tokenizer, rendered.prompt_text)
     window = encode(tokenizer, rendered.turn_texts[0]) + encode(tokenizer, gold[0])  # turn 1 and its answer
     later = encode(tokenizer, rendered.turn_texts[1]) + encode(tokenizer, gold[1])  # turn 2 and its answer

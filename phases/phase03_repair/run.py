@@ -13,7 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from idlekv.environment import environment
+from idlekv.models import LoadedModel
 from idlekv.protocol import Condition, EngineConfig, RepairEngine
+from idlekv.repair.memory import DoesNotFit
 from idlekv.results import ResultStore
 from idlekv.tracking import make_logger
 from phases.common import ROOT, load_phase_model, locked_model, phase_main, rule_for_model
@@ -62,12 +64,35 @@ def engine_from_config(cfg: DictConfig, lm) -> RepairEngine:
         budgets=list(cfg.phase.budgets), ks=list(cfg.phase.ks), conditions=conditions, window=cfg.retention.window,
         max_new_tokens=cfg.phase.max_new_tokens, warm_precision=repair.warm_precision, chunk_rows=repair.chunk_rows,
         burst=tuple(repair.burst), coverage_width=repair.coverage_width, seed=cfg.seed,
+        resume_batch_rows=repair.resume_batch_rows,
     )
     return RepairEngine(lm.model, lm.tokenizer, rule, engine_cfg)
 
 
+def check_memory(cfg: DictConfig) -> str:
+    """The predicted peak device memory of this config, before any weight is loaded; refuses what cannot fit."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from idlekv.models import check_model_folder, resolve_dtype
+    from idlekv.repair.memory import KVShape, check_fits, weights_bytes
+
+    folder, config = check_model_folder(ROOT / cfg.model.path)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    engine = engine_from_config(cfg, LoadedModel(None, tokenizer, None, folder))
+    sample = phase_sample(cfg.phase, next(iter(cfg.phase.splits)), 0, tokenizer)
+    dtype = resolve_dtype(cfg.model.dtype)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return check_fits(engine.predicted_peak(sample, KVShape.from_config(config, dtype)), weights_bytes(folder, dtype), device,
+                      cfg.phase.name)
+
+
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     phase = cfg.phase
+    try:
+        print(check_memory(cfg), flush=True)
+    except DoesNotFit as err:
+        raise SystemExit(str(err)) from None
     lm = load_phase_model(cfg, "phase03")
     engine = engine_from_config(cfg, lm)
     locked = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("retention", "repair", "phase")} | {"model": locked_model(cfg), "seed": cfg.seed}

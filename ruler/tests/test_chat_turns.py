@@ -1,5 +1,5 @@
 from ruler import generate
-from ruler.render import next_turn_text, render
+from ruler.render import render
 
 
 def test_plain_turns_without_a_chat_template(tokenizer):
@@ -13,7 +13,7 @@ def test_plain_turns_without_a_chat_template(tokenizer):
 def test_chat_template_turns_are_real_turns(chat_tokenizer):
     s = generate("mq_niah_4q", 1024, 0, chat_tokenizer)
     assert s.chat
-    r = render(s, chat_tokenizer, answers=["1234567 and 7654321.", ""])
+    r = render(s, chat_tokenizer)
     assert r.prompt_text.startswith("<|im_start|>user\n") and r.prompt_text.endswith(s.prompt)
     assert r.turn_texts[0] == s.turns[0].question + "<|im_end|>\n<|im_start|>assistant\n" + s.turns[0].answer_prefix
     assert r.turn_texts[1] == "<|im_end|>\n<|im_start|>user\n" + s.turns[1].question + "<|im_end|>\n<|im_start|>assistant\n" + s.turns[1].answer_prefix
@@ -34,11 +34,11 @@ def test_spans_hold_inside_the_chat_prompt(chat_tokenizer):
         assert chat_tokenizer.decode(ids[n.token_start : n.token_end]).strip() == n.text
 
 
-def test_next_turn_text_refuses_templates_that_rewrite_history(chat_tokenizer):
+def test_render_refuses_templates_that_rewrite_history(chat_tokenizer):
     import pytest
 
     rewriting = "{{ messages | length }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
     chat_tokenizer_copy = __import__("copy").deepcopy(chat_tokenizer)
     chat_tokenizer_copy.chat_template = rewriting
     with pytest.raises(ValueError, match="re-renders"):
-        next_turn_text(chat_tokenizer_copy, [{"role": "user", "content": "q"}], "a", "q2")
+        render(generate("mq_niah_4q", 1024, 0, chat_tokenizer_copy), chat_tokenizer_copy)
