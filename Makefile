@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # wheels); with CUDA keep the user's torch by letting the venv see system packages.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: setup test test-slow test-all lint bench-cache bench-repair gpu-check memory-check tiny-model check-model phase01 probe retention repair rank-profile collect clean help
+.PHONY: setup test test-slow test-all lint publish bench-cache bench-repair gpu-check memory-check tiny-model check-model phase01 probe retention repair rank-profile collect clean help
 
 help:
 	@echo "make setup        create .venv and install the project (+dev extras)"
@@ -23,8 +23,9 @@ help:
 	@echo "make phase01      the full-cache gate on the embedded model"
 	@echo "make probe        train the learned-relevance probe on the embedded model's own attention"
 	@echo "make retention    phase02: every retention rule vs budget, eviction inside the model"
-	@echo "make collect PHASE=phase03_repair_4q   merge a multirun sweep's job rows (see docs/sweeps.md)"
-	@echo "make repair       the main job: phase03's 4Q repair frontier on the embedded model"
+	@echo "make collect PHASE=phase03_repair_4q   merge a multirun sweep's job rows and publish them (see docs/sweeps.md)"
+	@echo "make repair       the main job: phase03's 4Q repair frontier on the embedded model (-> runs/phase03_repair_4q/)"
+	@echo "make publish PHASE=phase03_repair_4q   rebuild a finished run's CSV and figure into saved_results/ and paper/figures/"
 	@echo "make rank-profile where the turn-1 rule ranks each needle: why Matched does or does not rise with K"
 
 setup: $(STAMP)
@@ -93,6 +94,9 @@ rank-profile: setup
 PHASE ?= phase03_repair_4q
 collect: setup
 	$(BIN)/python -m idlekv.collect multirun/$(PHASE)
+
+publish: setup
+	$(BIN)/python -m phases.publish runs/$(PHASE)
 
 clean:
 	rm -rf runs multirun .pytest_cache

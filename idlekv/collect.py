@@ -3,8 +3,9 @@
 Every job of a Hydra multirun writes its own rows (rows.jsonl) and locked config
 (config.json) in its own folder. Collect finds them, refuses to merge jobs whose locked
 configs differ in anything but the phase's grid keys (the swept axes), deduplicates rows
-by cell key, reports the cells that each job's grid expects but no job wrote, and rebuilds
-the phase's CSV and figure from the merged rows.
+by cell key, reports the cells that each job's grid expects but no job wrote, and publishes
+the phase's CSV and figure from the merged rows (phases/publish.py): only once no cell is
+missing, unless --force.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from idlekv.results import CONFIG_FILE, ROWS_FILE, ConfigMismatchError, cell_key, config_diff
+from idlekv.results import CONFIG_FILE, ROWS_FILE, ConfigMismatchError, ResultStore, cell_key, config_diff
+from phases.publish import publish_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +42,7 @@ def find_jobs(folders) -> list[Path]:
     return jobs
 
 
-def collect(folders, write: bool = True) -> dict:
+def collect(folders, write: bool = True, force: bool = False) -> dict:
     jobs = find_jobs(folders)
     if not jobs:
         raise SystemExit(f"no job folders with {ROWS_FILE} and {CONFIG_FILE} under {', '.join(map(str, folders))}")
@@ -55,13 +57,11 @@ def collect(folders, write: bool = True) -> dict:
             raise ConfigMismatchError(f"{job} was run with another locked config than {jobs[0]}: " + "; ".join(diff[:10]))
     rows, seen, duplicates = [], set(), 0
     for job in jobs:
-        for line in (job / ROWS_FILE).read_text().splitlines():
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line of a killed job: that cell is reported missing below
+        # read as a resume would: a torn last line is left out (its cell is reported missing), any
+        # other unreadable line stops here with its file and line, as it would stop the relaunch
+        store = ResultStore(job, module.KEY_FIELDS, read_only=True)
+        duplicates += store.duplicates_dropped
+        for row in store.rows:
             key = cell_key(row, module.KEY_FIELDS)
             if key in seen:
                 duplicates += 1
@@ -71,7 +71,7 @@ def collect(folders, write: bool = True) -> dict:
     expected = {cell_key(c, module.KEY_FIELDS) for job in jobs for c in module.expected_cells(configs[job])}
     missing = sorted(expected - seen)
     frame = pd.DataFrame(rows)
-    outputs = module.report(frame, first) if write and rows else []
+    outputs = publish_rows(module, frame, first, missing, force=True) if write and rows and (force or not missing) else []
     return {"jobs": len(jobs), "rows": len(rows), "duplicates_dropped": duplicates, "missing": missing,
             "frame": frame, "outputs": outputs, "key_fields": module.KEY_FIELDS}
 
@@ -79,14 +79,16 @@ def collect(folders, write: bool = True) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", help="sweep folders (e.g. multirun/phase03_repair_4q) or run folders")
+    parser.add_argument("--force", action="store_true", help="publish even while cells are missing")
     args = parser.parse_args(argv)
-    result = collect(args.folders)
+    result = collect(args.folders, force=args.force)
     print(f"merged {result['rows']} rows from {result['jobs']} jobs ({result['duplicates_dropped']} duplicates dropped)")
     for path in result["outputs"]:
         print(f"wrote {path}")
     if result["missing"]:
         fields = result["key_fields"]
-        print(f"{len(result['missing'])} cells missing (re-launch the sweep to resume them), e.g.:")
+        print(f"{len(result['missing'])} cells missing, so nothing was published (re-launch the same sweep command "
+              "to resume them, or --force to publish a partial grid), e.g.:")
         for key in result["missing"][:10]:
             print("  " + ", ".join(f"{f}={json.loads(v)}" for f, v in zip(fields, key)))
         return 1

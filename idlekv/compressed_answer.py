@@ -20,6 +20,7 @@ from idlekv.attention import capture_queries
 from idlekv.cache import MixedPrecisionCache, TieredCache
 from idlekv.cache.row_mask import padded_selection, row_masks
 from idlekv.generation import run_turn, stop_token_ids
+from idlekv.models import returned_cache
 from idlekv.retention.base import RetentionInputs, RetentionRule
 from ruler.metrics import needle_recall
 from ruler.render import encode, render
@@ -45,7 +46,7 @@ class CompressedQuestion:
         last_n = None if prefill_queries else len(head) - window.start
         with capture_queries(model, last_n=last_n) as cap:
             out = model(torch.tensor([head], device=device), use_cache=True, logits_to_keep=1)
-        self.root = TieredCache.from_hf(out.past_key_values)
+        self.root = TieredCache.from_hf(returned_cache(out))
         layers = self.root.num_layers
         queries = [cap.queries[layer][0] for layer in range(layers)]
         offset = 0 if prefill_queries else window.start

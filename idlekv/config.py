@@ -9,7 +9,7 @@ from pathlib import Path
 # Our configs/hydra/launcher/{joblib,submitit_*}.yaml share the plugins' schema names on
 # purpose (hydra/launcher=joblib just works); Hydra validates them against those schemas
 # and warns that the matching is deprecated. The validation is what we want: hush the warning.
-warnings.filterwarnings("ignore", message=".*is validated against ConfigStore schema with the same name.*")
+warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema with the same name.*")
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 

@@ -14,6 +14,7 @@ import torch
 
 from idlekv.cache import TieredCache
 from idlekv.generation import run_turn, stop_token_ids
+from idlekv.models import with_cache
 from ruler.metrics import needle_recall
 from ruler.render import encode, render
 from ruler.sample import Sample
@@ -42,7 +43,7 @@ def prefill(model, prompt_ids: list[int], warm_precision: str = "model", room: i
     cache = TieredCache.empty(config.num_hidden_layers, getattr(config, "num_key_value_heads", None) or heads, head_dim,
                               len(prompt_ids) + room, param.dtype, param.device, warm_precision)
     hf = cache.to_hf()
-    model(torch.tensor([prompt_ids], device=param.device), past_key_values=hf, position_ids=cache.position_ids(len(prompt_ids)),
+    model(torch.tensor([prompt_ids], device=param.device), **with_cache(model, hf), position_ids=cache.position_ids(len(prompt_ids)),
           use_cache=True, logits_to_keep=1)
     cache.absorb(hf)
     return cache

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 
 import torch
 
+from idlekv.models import with_cache
+
 
 def end_token_ids(tokenizer, model=None) -> set[int]:
     """Every id that ends an answer: the tokenizer's eos and the model's generation and model
@@ -70,7 +72,7 @@ def greedy_decode(
             break
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
-        logits = model(token[:, None], past_key_values=past_key_values, position_ids=position + step,
+        logits = model(token[:, None], **with_cache(model, past_key_values), position_ids=position + step,
                        attention_mask=attention_mask, use_cache=True).logits[:, -1]
     if not tokens:
         return [[] for _ in range(batch)]
@@ -84,7 +86,7 @@ def run_turn(model, cache, turn_ids: list[int], max_new_tokens: int, stop_ids: I
     the cache. A TieredCache takes the turn's and the answer's rows in place, in room made once beforehand."""
     hf = cache.to_hf(headroom=len(turn_ids) + max_new_tokens)
     ids = torch.tensor([turn_ids], device=cache.device)
-    logits = model(ids, past_key_values=hf, position_ids=cache.position_ids(len(turn_ids)), use_cache=True,
+    logits = model(ids, **with_cache(model, hf), position_ids=cache.position_ids(len(turn_ids)), use_cache=True,
                    logits_to_keep=1).logits[:, -1]
     cache.absorb(hf)  # the turn's rows, at positions continuing the original sequence
     answer = greedy_decode(model, hf, logits, cache.seen_tokens, max_new_tokens, stop_ids)[0]
@@ -112,6 +114,6 @@ def resume_batch(model, caches, turn_ids: list[int], max_new_tokens: int, stop_i
     positions = torch.arange(start, start + len(turn_ids), device=device).expand(batch, -1)
     if mask is not None:
         mask = torch.cat([mask, mask.new_ones(batch, len(turn_ids))], dim=1)
-    logits = model(ids, past_key_values=hf, position_ids=positions, attention_mask=mask, use_cache=True,
+    logits = model(ids, **with_cache(model, hf), position_ids=positions, attention_mask=mask, use_cache=True,
                    logits_to_keep=1).logits[:, -1]
     return greedy_decode(model, hf, logits, start + len(turn_ids), max_new_tokens, stop_ids, attention_mask=mask)

@@ -7,8 +7,10 @@ resumed with explicit position ids: Llama, Qwen2, Qwen3, Mistral.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -35,6 +37,23 @@ MODELS_README_HINT = (
     "Place a Hugging Face model folder (config.json, *.safetensors, tokenizer files) under "
     "models/<name>/, or run `make tiny-model` to train the project's embedded model."
 )
+
+
+@lru_cache(maxsize=None)
+def _cache_argument(model_class) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def with_cache(model, cache) -> dict:
+    """The forward's cache argument under the name this transformers release takes: `cache`
+    (5.2x; `past_key_values` is deprecated there, gone in 5.40) or `past_key_values` (5.17)."""
+    return {_cache_argument(type(model)): cache}
+
+
+def returned_cache(output):
+    """The cache a forward returned (`cache` in newer releases, `past_key_values` before)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 class ModelLoadError(RuntimeError):
@@ -172,7 +191,10 @@ def load_model(
     """Load a local causal LM folder in eval mode; never reaches a hub."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    path, _ = check_model_folder(path)
+    path, folder_config = check_model_folder(path)
+    if trust_remote_code and folder_config.get("auto_map"):
+        raise ModelLoadError(f"{path}: trust_remote_code=true would run the folder's own modeling code ({folder_config['auto_map']}); "
+                             f"the tiered cache needs the transformers implementation of {', '.join(SUPPORTED_ARCHITECTURES)}")
     torch_dtype = resolve_dtype(dtype)
     device = device or default_device()
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)

@@ -27,6 +27,7 @@ from idlekv.cache import TieredCache
 from idlekv.cache.batch import CacheBatch
 from idlekv.evaluation import prefill
 from idlekv.generation import answer_token_budget, resume_batch, run_turn, stop_token_ids
+from idlekv.models import with_cache
 from idlekv.repair.granularity import first_k, rank_heads, unit_scores
 from idlekv.repair.memory import KVShape, PeakPlan, SampleRows, predict_peak
 from idlekv.repair.scoring import RowScores, proxy_queries, score_rows
@@ -223,7 +224,7 @@ class RepairEngine:
             start = time.perf_counter()
             hf = comp.to_hf(scratch=True)  # the turn's rows land in spare room that no fork reads
             with capture_queries(self.model) as cap, torch.no_grad():
-                self.model(torch.tensor([turn_ids], device=comp.active.device), past_key_values=hf,
+                self.model(torch.tensor([turn_ids], device=comp.active.device), **with_cache(self.model, hf),
                            position_ids=comp.position_ids(len(turn_ids)), use_cache=True, logits_to_keep=1)
             forward = time.perf_counter() - start
             if "exact" in wanted:

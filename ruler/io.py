@@ -17,11 +17,14 @@ def write_jsonl(samples: Iterable[Sample], path: str | Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     count = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for sample in samples:
-            f.write(json.dumps(sample.ruler_record(), ensure_ascii=False) + "\n")
-            count += 1
-    tmp.replace(path)
+    try:  # all or nothing: a failed generation leaves neither a partial file nor its .tmp
+        with open(tmp, "w", encoding="utf-8") as f:
+            for sample in samples:
+                f.write(json.dumps(sample.ruler_record(), ensure_ascii=False) + "\n")
+                count += 1
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return count
 
 

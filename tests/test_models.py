@@ -69,3 +69,25 @@ def test_weights_fingerprint_follows_the_weights(tmp_path):
     tensors[name] = tensors[name] + 1.0
     save_file(tensors, weights, metadata={"format": "pt"})
     assert weights_fingerprint(tmp_path / "m") != first
+
+
+def test_trust_remote_code_reaches_the_loader_and_custom_code_is_refused(tmp_path, monkeypatch):
+    import json
+
+    import pytest
+
+    from idlekv.config import compose
+    from idlekv.models import ModelLoadError, load_model
+    from phases import common
+
+    seen = {}
+    monkeypatch.setattr(common, "load_model", lambda *a, **kw: seen.update(kw) or (_ for _ in ()).throw(RuntimeError("stop")))
+    with pytest.raises(RuntimeError, match="stop"):
+        common.load_phase_model(compose(["experiment=phase03_repair_4q", "model.trust_remote_code=true"]), "phase03")
+    assert seen["trust_remote_code"] is True
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "auto_map": {"AutoModel": "x.Y"}}))
+    (folder / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="own modeling code"):
+        load_model(folder, trust_remote_code=True)

@@ -16,13 +16,15 @@ def test_rows_survive_reopen_and_duplicates_are_refused(tmp_path):
     store.append({"sample": 0, "condition": "full", "acc": 1.0})
     with pytest.raises(DuplicateCellError):
         store.append({"sample": 0, "condition": "full", "acc": 0.5})
+    store.close()
     again = ResultStore(tmp_path, KEYS, config={"k": 1})
     assert again.rows == [{"sample": 0, "condition": "full", "acc": 1.0}]
     assert again.is_done({"sample": 0, "condition": "full"}) and not again.is_done({"sample": 1, "condition": "full"})
 
 
 def test_another_config_is_refused(tmp_path):
-    ResultStore(tmp_path, KEYS, config={"model": {"name": "a"}, "k": 1})
+    with ResultStore(tmp_path, KEYS, config={"model": {"name": "a"}, "k": 1}) as store:
+        store.append({"sample": 0, "condition": "full"})
     with pytest.raises(ConfigMismatchError, match="model.name: 'a' -> 'b'"):
         ResultStore(tmp_path, KEYS, config={"model": {"name": "b"}, "k": 1})
 

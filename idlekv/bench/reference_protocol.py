@@ -19,6 +19,7 @@ from idlekv.cache import TieredCache
 from idlekv.cache.quant import QuantizedRows, dequantize
 from idlekv.cache.selection import gather_rows
 from idlekv.generation import resume_batch
+from idlekv.models import with_cache
 from idlekv.protocol import RepairEngine
 from idlekv.repair.scoring import RowScores
 
@@ -86,7 +87,7 @@ def run_reference_sample(engine: RepairEngine, sample) -> tuple[float, int]:
                     probe = comp.fork()
                     hf = probe.to_hf()  # the reference copies the cache for its scoring prefill
                     with capture_queries(model) as cap:
-                        model(torch.tensor([turn_ids], device=comp.active.device), past_key_values=hf,
+                        model(torch.tensor([turn_ids], device=comp.active.device), **with_cache(model, hf),
                               position_ids=probe.position_ids(len(turn_ids)), use_cache=True, logits_to_keep=1)
                     signals["exact"] = signals["proxy"] = (reference_exact_scores(comp, [cap.queries[i][0] for i in range(comp.num_layers)]), 0.0)
                 elif cond.signal == "stale":

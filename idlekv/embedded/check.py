@@ -24,23 +24,30 @@ from ruler import generate
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def check(model_dir: Path, samples: int, length: int, base_seed: int, max_new_tokens: int) -> dict:
+def check(model_dir: Path, samples: int, length: int, base_seed: int, max_new_tokens: int, run_dir: Path) -> dict:
+    """Resumable: one row per sample in a result store under `run_dir` (locked to the model and settings)."""
+    from idlekv.models import weights_fingerprint
+    from idlekv.results import ResultStore
+
     lm = load_model(model_dir, device="cuda" if torch.cuda.is_available() else "cpu")
-    totals = {"full": [], "queried_removed": [], "random_removed": [], "turn1": []}
-    haystack_share = []
-    for i in tqdm(range(samples), desc="check-model", unit="sample"):
-        s = generate("mq_niah_4q_embedded", length, i, lm.tokenizer, base_seed, split="clean", recency_window=64)
-        needle_rows = sum(n.token_end - n.token_start for n in s.needles)
-        haystack_share.append(1 - needle_rows / s.prompt_tokens)
-        for name, kind in (("full", "none"), ("queried_removed", "queried"), ("random_removed", "random")):
-            results = answer_sample(lm.model, lm.tokenizer, s, max_new_tokens, removal_hook(kind, turn=1))
-            totals[name].append(results[1].accuracy)
-            if name == "full":
-                totals["turn1"].append(results[0].accuracy)
-    mean = {k: sum(v) / len(v) for k, v in totals.items()}
     shown = model_dir.relative_to(ROOT) if model_dir.is_relative_to(ROOT) else model_dir  # no machine path in saved_results
-    return {"model": str(shown), "samples": samples, "length": length, "base_seed": base_seed,
-            "haystack_share": sum(haystack_share) / len(haystack_share), **{f"turn2_{k}" if k != "turn1" else "turn1_full": v for k, v in mean.items()}}
+    settings = {"model": str(shown), "samples": samples, "length": length, "base_seed": base_seed}
+    locked = {**settings, "max_new_tokens": max_new_tokens, "weights": weights_fingerprint(model_dir)}
+    with ResultStore(run_dir, ("index",), config=locked) as store:
+        for i in tqdm([i for i in range(samples) if not store.is_done({"index": i})], desc="check-model", unit="sample"):
+            s = generate("mq_niah_4q_embedded", length, i, lm.tokenizer, base_seed, split="clean", recency_window=64)
+            needle_rows = sum(n.token_end - n.token_start for n in s.needles)
+            row = {"index": i, "haystack_share": 1 - needle_rows / s.prompt_tokens}
+            for name, kind in (("full", "none"), ("queried_removed", "queried"), ("random_removed", "random")):
+                results = answer_sample(lm.model, lm.tokenizer, s, max_new_tokens, removal_hook(kind, turn=1))
+                row[f"turn2_{name}"] = results[1].accuracy
+                if name == "full":
+                    row["turn1_full"] = results[0].accuracy
+            store.append(row)
+        frame = store.to_frame()
+    mean = frame.drop(columns="index").mean()
+    return {**settings, "haystack_share": mean["haystack_share"],
+            **{k: mean[k] for k in ("turn2_full", "turn2_queried_removed", "turn2_random_removed", "turn1_full")}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,16 +57,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--base-seed", type=int, default=2, help="held out: training draws from its own seed stream")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--out", default="saved_results/embedded_model_check.csv")
+    parser.add_argument("--run-dir", default="runs/check_model", help="the resumable rows of this check")
+    parser.add_argument("--publish", action="store_true", help="also write saved_results/embedded_model_check.csv")
     args = parser.parse_args(argv)
-    result = check(ROOT / args.model, args.samples, args.length, args.base_seed, args.max_new_tokens)
+    result = check(ROOT / args.model, args.samples, args.length, args.base_seed, args.max_new_tokens, ROOT / args.run_dir)
     print(json.dumps(result, indent=2))
     import pandas as pd
 
-    out = ROOT / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame([result]).to_csv(out, index=False)
-    print(f"wrote {out}")
+    from phases.publish import atomic_path
+
+    outs = [ROOT / args.run_dir / "summary.csv"] + ([ROOT / "saved_results/embedded_model_check.csv"] if args.publish else [])
+    for out in outs:
+        with atomic_path(out) as tmp:
+            pd.DataFrame([result]).to_csv(tmp, index=False)
+        print(f"wrote {out}")
     return 0
 
 

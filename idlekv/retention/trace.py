@@ -18,6 +18,7 @@ import torch
 
 from idlekv.attention import capture_queries
 from idlekv.cache import TieredCache
+from idlekv.models import returned_cache, with_cache
 from idlekv.retention.attention_stats import attention_chunks, group_mean
 from idlekv.retention.base import RetentionInputs, RetentionRule
 
@@ -59,12 +60,12 @@ def capture_trace(model, context_ids: list[int], later_ids: list[int], window_id
     and the window's queries (the last `agnostic_window` context queries without window_ids)."""
     device = next(model.parameters()).device
     with capture_queries(model) as pre:
-        past = model(torch.tensor([context_ids], device=device), use_cache=True).past_key_values
+        past = returned_cache(model(torch.tensor([context_ids], device=device), use_cache=True))
     n = len(context_ids)
     prefill = [q[0] for _, q in sorted(pre.queries.items())]
     if window_ids:
         with capture_queries(model) as win:
-            past = model(torch.tensor([list(window_ids)], device=device), past_key_values=past, use_cache=True).past_key_values
+            past = returned_cache(model(torch.tensor([list(window_ids)], device=device), **with_cache(model, past), use_cache=True))
         window, window_positions = [q[0] for _, q in sorted(win.queries.items())], torch.arange(n, n + len(window_ids))
     else:
         w = min(agnostic_window, n)
@@ -72,7 +73,7 @@ def capture_trace(model, context_ids: list[int], later_ids: list[int], window_id
     cache = TieredCache.from_hf(past)  # context (+ window) rows: what the rules see
     seen = cache.rows
     with capture_queries(model) as later:
-        model(torch.tensor([later_ids], device=device), past_key_values=past, use_cache=True)
+        model(torch.tensor([later_ids], device=device), **with_cache(model, past), use_cache=True)
     layers = cache.num_layers
     keys = [cache.active.keys(i)[0] for i in range(layers)]
     positions = [cache.active.positions(i)[0] for i in range(layers)]

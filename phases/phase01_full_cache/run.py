@@ -2,7 +2,8 @@
 
 For every (task, needle count, length) of the experiment config, generate samples with
 ruler, answer all their turns with the full cache, and record per-turn accuracy. Rows go to
-a resumable store under runs/; the CSV and the figure are rebuilt from all rows.
+a resumable store under runs/<phase.name>/, with the CSV and the figure rebuilt there from all
+rows; `make publish PHASE=phase01_full_cache` puts them in saved_results/ and paper/figures/.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from tqdm import tqdm
 from idlekv.environment import environment
 from idlekv.evaluation import answer_sample
 from idlekv.results import ResultStore
-from phases.common import load_phase_model, locked_model, phase_main, publish
+from phases.common import load_phase_model, locked_model, phase_main
 from phases.phase01_full_cache.report import summarize, write_figure
+from phases.publish import report_run
 from ruler import generate
 from ruler.generation import LengthError
 from ruler.tasks import get_task
@@ -36,11 +38,28 @@ def cells(phase) -> list[dict]:
     return out
 
 
+def expected_cells(config: dict) -> list[dict]:
+    return cells(OmegaConf.create(config["phase"]))
+
+
+def write_outputs(frame, config: dict, csv: Path, figure: Path) -> None:
+    summary = summarize(frame)
+    summary.to_csv(csv, index=False)
+    write_figure(summary, figure)
+    print(summary.to_string(index=False))
+
+
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     phase = cfg.phase
     lm = load_phase_model(cfg, "phase01")
     locked = {"model": locked_model(cfg), "phase": OmegaConf.to_container(phase)}
-    store = ResultStore(run_dir, KEY_FIELDS, config=locked, environment=environment())
+    with ResultStore(run_dir, KEY_FIELDS, config=locked, environment=environment()) as store:
+        answer_cells(store, phase, lm)
+        store.write_csv(run_dir / "rows.csv")
+        return report_run(store, run_dir, locked)[0]
+
+
+def answer_cells(store: ResultStore, phase: DictConfig, lm) -> None:
     todo = [c for c in cells(phase) if not store.is_done(c)]
     for cell in tqdm(todo, desc=phase.name, unit="sample"):
         num_keys = cell["num_keys"]
@@ -65,7 +84,6 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         row["prompt_tokens"] = sample.prompt_tokens
         row["seconds"] = round(time.perf_counter() - start, 4)
         store.append(row)
-    return publish(store, run_dir, phase, summarize, write_figure)
 
 
 main = phase_main(run, "phases.phase01_full_cache.run", "phase01_full_cache")

@@ -2,8 +2,9 @@
 
 For every (task, length, sample, mode) one prefill is made; every rule scores it and keeps
 each budget fraction of the context rows per KV head; the question is answered over each
-compressed cache. Rows go to a resumable store under runs/; the CSV and figure are rebuilt
-from all rows.
+compressed cache. Rows go to a resumable store under runs/<phase.name>/, with the CSV and
+figure rebuilt there from all rows; `make publish PHASE=phase02_retention` puts them in
+saved_results/ and paper/figures/.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from idlekv.compressed_answer import CompressedQuestion
 from idlekv.config import CONFIG_DIR
 from idlekv.environment import environment
 from idlekv.results import ResultStore
-from phases.common import load_phase_model, locked_model, phase_main, publish, rule_for_model
+from phases.common import load_phase_model, locked_model, phase_main, rule_for_model
 from phases.phase02_retention.report import summarize, write_figure
+from phases.publish import report_run
 from ruler import generate
 
 KEY_FIELDS = ("task", "length", "index", "mode", "rule", "budget_fraction")
@@ -36,6 +38,21 @@ def rule_from_config(name: str, rule_options, model_path: str) -> object:
     return rule_for_model(options, model_path)
 
 
+def expected_cells(config: dict) -> list[dict]:
+    phase = config["phase"]
+    rules = [(name, f) for name in phase["rules"] for f in phase["budget_fractions"]] + [("keep_all", 1.0)]
+    return [{"task": task["label"], "length": int(length), "index": index, "mode": mode, "rule": name, "budget_fraction": float(f)}
+            for task in phase["tasks"] for length in phase["lengths"] for index in range(phase["num_samples"])
+            for mode in phase["modes"] for name, f in rules]
+
+
+def write_outputs(frame, config: dict, csv: Path, figure: Path) -> None:
+    summary = summarize(frame)
+    summary.to_csv(csv, index=False)
+    write_figure(summary, figure)
+    print(summary.to_string(index=False))
+
+
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     phase = cfg.phase
     bad = sorted(set(phase.modes) - set(MODES))
@@ -44,7 +61,13 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     lm = load_phase_model(cfg, "phase02")
     rules = {name: rule_from_config(name, phase.rule_options, cfg.model.path) for name in [*phase.rules, "keep_all"]}
     locked = {"model": locked_model(cfg), "phase": OmegaConf.to_container(phase)}
-    store = ResultStore(run_dir, KEY_FIELDS, config=locked, environment=environment())
+    with ResultStore(run_dir, KEY_FIELDS, config=locked, environment=environment()) as store:
+        answer_cells(store, phase, lm, rules)
+        store.write_csv(run_dir / "rows.csv")
+        return report_run(store, run_dir, locked)[0]
+
+
+def answer_cells(store: ResultStore, phase: DictConfig, lm, rules: dict) -> None:
     floor = phase.rule_options.sinks + phase.rule_options.recent
     samples = [(task, length, index, mode) for task in phase.tasks for length in phase.lengths
                for index in range(phase.num_samples) for mode in phase.modes]
@@ -62,7 +85,6 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
             chosen = [(float(f), setup.row_budget(rules[name], f, floor)) for f in fs] if name != "keep_all" else [(1.0, setup.context_tokens)]
             for (fraction, _), row in zip(chosen, setup.answers(rules[name], [b for _, b in chosen])):
                 store.append({**cell, "rule": name, "budget_fraction": fraction, **row})
-    return publish(store, run_dir, phase, summarize, write_figure)
 
 
 main = phase_main(run, "phases.phase02_retention.run", "phase02_retention")

@@ -8,8 +8,8 @@ the haystack and the instruction) whose rank falls in each band, with bands cut 
 
     python -m phases.phase03_repair.rank_profile experiment=phase03_repair_4q
 
-writes saved_results/<phase>_rank_profile.csv (per layer and head; `+phase.rank_profile_csv=`
-elsewhere) and prints, per B, how
+writes runs/<phase>/rank_profile.csv (per layer and head; `publish=true` copies it to
+saved_results/<phase>_rank_profile.csv, or `+phase.rank_profile_csv=`) and prints, per B, how
 many times likelier a turn-2 needle row is than a haystack row to be among Matched's next K
 rows ("enrichment"; 1 = Matched no better than Random-K) and how much likelier the rule is
 to keep a turn-1 needle row than a turn-2 one within B ("specificity"; 1 = the turn-1 window
@@ -18,17 +18,22 @@ does not tell the needles apart).
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from idlekv.protocol import RepairEngine
 from phases.common import ROOT, load_phase_model, phase_main
 from phases.phase03_repair.run import engine_from_config, phase_sample
+from phases.publish import atomic_path
 from ruler import Sample
+
+RUN_CSV = "rank_profile.csv"
 
 
 def band_edges(protected: int, budgets: list[int], max_k: int, n: int) -> list[int]:
@@ -93,10 +98,11 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
             sample = phase_sample(phase, label, index, lm.tokenizer)
             frames.append(sample_profile(engine, sample, budgets, max_k).assign(split=label, index=index))
     profile = pd.concat(frames, ignore_index=True)
-    csv = ROOT / phase.get("rank_profile_csv", f"saved_results/{phase.name}_rank_profile.csv")
+    csv = run_dir / RUN_CSV
     csv.parent.mkdir(parents=True, exist_ok=True)
     table = profile.groupby(["split", "class", "band", "lo", "layer", "head"], as_index=False)["share"].mean().sort_values(["split", "class", "lo", "layer", "head"])
-    table.drop(columns="lo").round({"share": 4}).to_csv(csv, index=False)
+    with atomic_path(csv) as tmp:
+        table.drop(columns="lo").round({"share": 4}).to_csv(tmp, index=False)
     print(profile.groupby(["class", "lo", "band"])["share"].mean().unstack("class").droplevel("lo").round(3).to_string())
     for b in budgets:
         e = enrichment(profile, b, max_k)
@@ -107,11 +113,21 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         per_layer = [enrichment(profile[profile["layer"] == layer], b, max_k) for layer in sorted(profile["layer"].unique())]
         print("    per layer: specificity " + ", ".join(f"{x['specificity']:.2f}x" for x in per_layer)
               + "; enrichment " + ", ".join(f"{x['enrichment']:.1f}x" for x in per_layer))
-    print(f"wrote {csv}")
+    (run_dir / "rank_profile_config.json").write_text(json.dumps(OmegaConf.to_container(phase, resolve=True)))
+    print(f"wrote {csv} (publish=true puts it in saved_results/)")
     return csv
 
 
-main = phase_main(run, "phases.phase03_repair.rank_profile", "phase03_repair_4q")
+def publish_profile(run_dir: Path) -> list[Path]:
+    """publish=true: the run's profile into saved_results/<phase.name>_rank_profile.csv (atomically)."""
+    phase = json.loads((run_dir / "rank_profile_config.json").read_text())
+    destination = ROOT / phase.get("rank_profile_csv", f"saved_results/{phase['name']}_rank_profile.csv")
+    with atomic_path(destination) as tmp:
+        shutil.copyfile(run_dir / RUN_CSV, tmp)
+    return [destination]
+
+
+main = phase_main(run, "phases.phase03_repair.rank_profile", "phase03_repair_4q", publisher=publish_profile)
 
 
 if __name__ == "__main__":

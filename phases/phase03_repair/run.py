@@ -1,8 +1,9 @@
 """phase03: the matched-budget repair frontier (make repair).
 
 Composes the repair engine with the experiment config: for every split and sample, every
-condition of every (B, K) cell. Rows go to a resumable store under runs/; the summary CSV
-and the frontier figure are rebuilt from all rows.
+condition of every (B, K) cell. Rows go to a resumable store under runs/<phase.name>/, with
+the summary CSV and the frontier figure rebuilt there from all rows; `make publish` (or
+`publish=true`) puts them in saved_results/ and paper/figures/.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from idlekv.results import ResultStore
 from idlekv.tracking import make_logger
 from phases.common import ROOT, load_phase_model, locked_model, phase_main, rule_for_model
 from phases.phase03_repair.report import summarize, write_frontier
+from phases.publish import report_run
 from ruler import generate
 
 KEY_FIELDS = ("task", "split", "index", "condition", "B", "K")
@@ -35,15 +37,12 @@ def expected_cells(config: dict) -> list[dict]:
             for b in phase["budgets"] for k in phase["ks"]]
 
 
-def report(frame, config: dict) -> list[Path]:
+def write_outputs(frame, config: dict, csv: Path, figure: Path) -> None:
     """The summary CSV and the frontier figure, from all rows."""
     summary = summarize(frame)
-    csv, figure = ROOT / config["phase"]["csv"], ROOT / config["phase"]["figure"]
-    csv.parent.mkdir(parents=True, exist_ok=True)
     summary.to_csv(csv, index=False)
     phase = config["phase"]
     write_frontier(summary, figure, f"{phase['name']}: {phase['num_keys']} needles")
-    return [csv, figure]
 
 
 def phase_sample(phase: DictConfig, label: str, index: int, tokenizer):
@@ -97,24 +96,25 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     engine = engine_from_config(cfg, lm)
     locked = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("retention", "repair", "phase")} | {"model": locked_model(cfg), "seed": cfg.seed}
     env = environment()
-    store = ResultStore(run_dir, KEY_FIELDS, config=locked, environment=env)
-    logger = make_logger(OmegaConf.to_container(cfg.logger), run_dir, locked, env)
-    cells_per_sample = [(c.name, b, k) for c in engine.config.conditions for b in phase.budgets for k in phase.ks]
-    work = [(label, i) for label in phase.splits for i in range(phase.num_samples)]
-    todo = [(label, i) for label, i in work
-            if not all(store.is_done({"task": phase.task, "split": label, "index": i, "condition": n, "B": b, "K": k}) for n, b, k in cells_per_sample)]
-    for label, index in tqdm(todo, desc=phase.name, unit="sample"):
-        sample = phase_sample(phase, label, index, lm.tokenizer)
-        for row in engine.run_sample(sample, {"task": phase.task, "split": label}):
-            if not store.is_done(row):
-                store.append(row)
-                logger.log_row(row)
-    csv, figure = report(store.to_frame(), locked)
-    store.write_csv(run_dir / "rows.csv")
-    logger.log_figure(figure)
-    logger.finish()
-    print(summarize(store.to_frame())[["split", "B", "K", "condition", "samples", "accuracy"]].to_string(index=False))
-    print(f"wrote {csv} and {figure}")
+    with ResultStore(run_dir, KEY_FIELDS, config=locked, environment=env) as store:
+        logger = make_logger(OmegaConf.to_container(cfg.logger), run_dir, locked, env)
+        cells_per_sample = [(c.name, b, k) for c in engine.config.conditions for b in phase.budgets for k in phase.ks]
+        work = [(label, i) for label in phase.splits for i in range(phase.num_samples)]
+        todo = [(label, i) for label, i in work
+                if not all(store.is_done({"task": phase.task, "split": label, "index": i, "condition": n, "B": b, "K": k}) for n, b, k in cells_per_sample)]
+        for label, index in tqdm(todo, desc=phase.name, unit="sample"):
+            sample = phase_sample(phase, label, index, lm.tokenizer)
+            for row in engine.run_sample(sample, {"task": phase.task, "split": label}):
+                if not store.is_done(row):
+                    store.append(row)
+                    logger.log_row(row)
+        csv, figure = report_run(store, run_dir, locked)
+        store.write_csv(run_dir / "rows.csv")
+        logger.log_figure(figure)
+        logger.finish()
+        print(summarize(store.to_frame())[["split", "B", "K", "condition", "samples", "accuracy"]].to_string(index=False))
+    print(f"wrote {csv.relative_to(ROOT)} and {figure.relative_to(ROOT)} (make publish PHASE={phase.name} puts them in "
+          f"{phase.csv} and {phase.figure})" if run_dir.is_relative_to(ROOT) else f"wrote {csv} and {figure}")
     return csv
 
 

@@ -18,7 +18,8 @@ def test_phase01_runs_resumes_and_reports(tiny_model_dir, tmp_path):
     summary = pd.read_csv(csv)
     assert list(summary["num_keys"]) == [2, 4] and list(summary["samples"]) == [2, 2]
     assert summary["accuracy"].between(0, 1).all()
-    assert (tmp_path / "phase01.png").stat().st_size > 0
+    assert (tmp_path / "run" / "figure.png").stat().st_size > 0
+    assert not (tmp_path / "phase01.csv").exists()  # nothing is published unless asked
     rows = (tmp_path / "run" / "rows.jsonl").read_text().splitlines()
     assert len(rows) == 4
     run(cfg, tmp_path / "run")  # a rerun finds every cell done

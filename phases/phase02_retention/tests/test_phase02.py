@@ -27,7 +27,8 @@ def test_phase02_runs_resumes_and_reports(tiny_model_dir, tmp_path):
     full = summary[summary["rule"] == "keep_all"].iloc[0]
     half = summary[(summary["rule"] == "snapkv") & (summary["budget_fraction"] == 0.5)].iloc[0]
     assert half["active_bytes"] == pytest.approx(full["active_bytes"] * half["budget_rows"] / full["context_tokens"])
-    assert (tmp_path / "phase02.png").stat().st_size > 0
+    assert (tmp_path / "run" / "figure.png").stat().st_size > 0
+    assert not (tmp_path / "phase02.png").exists()  # nothing is published unless asked
     rows = (tmp_path / "run" / "rows.jsonl").read_text().splitlines()
     run(cfg, tmp_path / "run")  # a rerun finds every cell done
     assert (tmp_path / "run" / "rows.jsonl").read_text().splitlines() == rows

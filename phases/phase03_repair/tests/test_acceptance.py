@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[3]
 @pytest.mark.slow
 def test_the_default_4q_sweep_meets_the_acceptance_lines(tmp_path):
     done = subprocess.run([sys.executable, "-m", "phases.phase03_repair.run", "experiment=phase03_repair_4q", "device=cpu",
-                           f"phase.csv={tmp_path / 'summary.csv'}", f"phase.figure={tmp_path / 'frontier.png'}",
+                           f"phase.csv={tmp_path / 'summary.csv'}", f"phase.figure={tmp_path / 'frontier.png'}", "publish=true",
                            f"hydra.run.dir={tmp_path / 'run'}"],
                           cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -18,7 +18,7 @@ def command(model_dir, out: Path) -> list[str]:
     return [
         sys.executable, "-m", "phases.phase03_repair.run", "experiment=phase03_repair_4q", f"model.path={model_dir}",
         "device=cpu", f"phase.num_samples={SAMPLES}", "phase.length=640", "phase.budgets=[80]", f"phase.ks=[{','.join(map(str, KS))}]",
-        "phase.max_new_tokens=4", "retention.recent=16", f"phase.csv={out / 'summary.csv'}", f"phase.figure={out / 'frontier.png'}",
+        "phase.max_new_tokens=4", "retention.recent=16", f"phase.csv={out / 'summary.csv'}", f"phase.figure={out / 'frontier.png'}", "publish=true",
         f"hydra.run.dir={out / 'run'}",
     ]
 

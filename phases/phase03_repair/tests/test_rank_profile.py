@@ -57,7 +57,7 @@ def test_the_command_writes_the_profile(tiny_model_dir, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-m", "phases.phase03_repair.rank_profile", "experiment=phase03_repair_4q",
                            f"model.path={tiny_model_dir}", "device=cpu", "phase.num_samples=2", "phase.length=640",
-                           "phase.budgets=[40]", "phase.max_new_tokens=2", "retention.recent=16", f"+phase.rank_profile_csv={csv}",
+                           "phase.budgets=[40]", "phase.max_new_tokens=2", "retention.recent=16", f"+phase.rank_profile_csv={csv}", "publish=true",
                            f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     frame = pd.read_csv(csv)

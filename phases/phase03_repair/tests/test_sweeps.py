@@ -40,7 +40,7 @@ def comparable(frame: pd.DataFrame) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def single(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("single")
-    done = phase03([*base(tiny_model_dir, out), "phase.ks=[8,24]", f"hydra.run.dir={out / 'run'}"])
+    done = phase03([*base(tiny_model_dir, out), "phase.ks=[8,24]", f"hydra.run.dir={out / 'run'}", "publish=true"])
     assert done.returncode == 0, done.stderr[-3000:]
     return pd.DataFrame([json.loads(line) for line in (out / "run" / "rows.jsonl").read_text().splitlines()])
 
