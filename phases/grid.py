@@ -51,24 +51,17 @@ def _budgets(errors: list[str], phase: DictConfig, lengths: list[int]) -> None:
 
 
 def _conditions(errors: list[str], cfg: DictConfig) -> None:
-    from idlekv.protocol import Condition
-    from idlekv.repair.granularity import GRANULARITIES
-    from idlekv.repair.selectors import SELECTORS
+    from idlekv.repair.conditions import Condition
 
     conditions = OmegaConf.to_container(cfg.repair.conditions)
     names = [c.get("name") for c in conditions]
     for name in sorted({n for n in names if names.count(n) > 1}):
         errors.append(f"repair.conditions: {name!r} is named {names.count(name)} times; allowed: each name once")
     for c in conditions:
-        selector, granularity = c.get("selector"), c.get("granularity", "shared")
-        _check(errors, f"repair.conditions[{c.get('name')}].selector", selector, selector is None or selector in SELECTORS,
-               f"allowed: {', '.join(sorted(SELECTORS))}")
-        _check(errors, f"repair.conditions[{c.get('name')}].granularity", granularity, granularity in GRANULARITIES,
-               f"allowed: {', '.join(GRANULARITIES)}")
         try:
-            Condition(**c)
-        except (TypeError, ValueError) as err:
-            errors.append(f"repair.conditions[{c.get('name')}]: {err}")
+            Condition.from_config(c)
+        except (TypeError, ValueError, KeyError) as err:
+            errors.append(f"repair.conditions[{c.get('name')}]: {err}".replace(f": condition {c.get('name')}:", ":"))
     from idlekv.cache.quant import PRECISIONS
 
     _check(errors, "repair.warm_precision", cfg.repair.warm_precision, cfg.repair.warm_precision in PRECISIONS,

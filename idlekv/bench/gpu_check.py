@@ -31,7 +31,8 @@ from idlekv.bench import memory_check, repair_bench
 from idlekv.bench.cache_bench import build_cache
 from idlekv.bench.timing import median_seconds, synchronize
 from idlekv.cache import TieredCache
-from idlekv.protocol import STANDARD_CONDITIONS, Condition, EngineConfig, RepairEngine
+from idlekv.engine import EngineConfig, RepairEngine
+from idlekv.repair.conditions import STANDARD_CONDITIONS, Condition
 from idlekv.repair.scoring import score_rows
 from idlekv.retention import build_rule
 
@@ -58,10 +59,13 @@ def engine_rows(device: str, samples: int, length: int) -> list[dict]:
     from ruler import generate
 
     lm = load_model(ROOT / "models/embedded", device=device)
-    conditions = [*STANDARD_CONDITIONS, Condition("IdleKV+kept-anchors", "repair", "exact", "topk_burst", anchors="all")]
+    scaled = {"topk_burst": {"lo": -1, "hi": 5}, "coverage": {"width": 7}}  # the embedded model's needles (phase03_repair_4q)
+    conditions = [Condition.from_config({"name": c.name, "kind": c.kind, "signal": c.signal, "selector": c.selector,
+                                         "granularity": c.granularity, "deployable": c.deployable}, scaled)
+                  for c in STANDARD_CONDITIONS]
+    conditions.append(Condition("IdleKV+kept-anchors", "repair", "exact", "topk_burst", (("hi", 5), ("lo", -1)), anchors="all"))
     engine = RepairEngine(lm.model, lm.tokenizer, build_rule("snapkv_reference", sinks=4, recent=16),
-                          EngineConfig(budgets=[96, 160], ks=[8, 24], conditions=conditions, max_new_tokens=32,
-                                       burst=(-1, 5), coverage_width=7))
+                          EngineConfig(budgets=[96, 160], ks=[8, 24], conditions=conditions, max_new_tokens=32))
     rows = []
     for i in range(samples):
         sample = generate("mq_niah_4q_embedded", length, i, lm.tokenizer, base_seed=5, split="clean", recency_window=64)

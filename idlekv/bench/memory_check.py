@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from idlekv.bench.live_bytes import LiveBytes
+from idlekv.engine import EngineConfig, RepairEngine
 from idlekv.families import REAL_FAMILIES, random_model
-from idlekv.protocol import STANDARD_CONDITIONS, EngineConfig, RepairEngine
+from idlekv.repair.conditions import STANDARD_CONDITIONS
 from idlekv.repair.memory import KVShape
 from idlekv.retention import build_rule
 from ruler import generate

@@ -18,10 +18,11 @@ from idlekv.attention import capture_queries
 from idlekv.cache import TieredCache
 from idlekv.cache.quant import QuantizedRows, dequantize
 from idlekv.cache.selection import gather_rows
+from idlekv.engine import RepairEngine
 from idlekv.generation import resume_batch
 from idlekv.models import with_cache
-from idlekv.protocol import RepairEngine
 from idlekv.repair.scoring import RowScores
+from idlekv.repair.signals import Signal
 
 
 def reference_exact_scores(cache: TieredCache, queries: list[torch.Tensor]) -> RowScores:
@@ -76,29 +77,29 @@ def run_reference_sample(engine: RepairEngine, sample) -> tuple[float, int]:
     decode_alone(root.fork())  # Full, once per sample
     for b in cfg.budgets:
         comp = root.fork()
-        comp.compress(engine._keep(scores, b, root, n_ctx), reserve=max(cfg.ks))
+        comp.compress(engine.keep(scores, b, root, n_ctx), reserve=max(cfg.ks))
         for k in cfg.ks:
             for cond in cfg.conditions:
                 cells += 1
                 if cond.kind == "full":
                     continue
-                signals = engine._signals(comp, turn_ids, stale_q, scores, {"rule"}) if cond.signal == "rule" else {}
+                signals = engine.signals(comp, turn_ids, stale_q, scores, {"rule"}) if cond.signal == "rule" else {}
                 if cond.signal in ("exact", "proxy") or cond.kind == "refresh":
                     probe = comp.fork()
                     hf = probe.to_hf()  # the reference copies the cache for its scoring prefill
                     with capture_queries(model) as cap:
                         model(torch.tensor([turn_ids], device=comp.active.device), **with_cache(model, hf),
                               position_ids=probe.position_ids(len(turn_ids)), use_cache=True, logits_to_keep=1)
-                    signals["exact"] = signals["proxy"] = (reference_exact_scores(comp, [cap.queries[i][0] for i in range(comp.num_layers)]), 0.0)
+                    signals["exact"] = signals["proxy"] = Signal(reference_exact_scores(comp, [cap.queries[i][0] for i in range(comp.num_layers)]), 0.0)
                 elif cond.signal == "stale":
-                    signals["stale"] = (reference_exact_scores(comp, stale_q), 0.0)
+                    signals["stale"] = Signal(reference_exact_scores(comp, stale_q), 0.0)
                 if cond.signal == "rule":  # the reference recompressed the full cache at B+K
                     cache = root.fork()
-                    cache.compress(engine._keep(scores, b + k, root, n_ctx))
+                    cache.compress(engine.keep(scores, b + k, root, n_ctx))
                 elif cond.kind == "repair":
-                    cache, _, _ = engine._repair(cond, comp, k, n_ctx, signals, sample, b)
+                    cache, _, _ = engine.repair(cond, comp, k, n_ctx, signals, sample, b)
                     resort(cache)
                 else:
-                    cache, _ = engine._refresh(cond, root, signals, b + k, n_ctx, sample)
+                    cache, _ = engine.refresh(cond, root, signals, b + k, n_ctx, sample)
                 decode_alone(cache)
     return time.perf_counter() - start, cells

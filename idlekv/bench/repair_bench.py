@@ -25,7 +25,7 @@ from idlekv.bench.reference_protocol import reference_exact_scores, run_referenc
 from idlekv.bench.roofline import matmul_gflops, scoring_flops
 from idlekv.bench.timing import median_seconds
 from idlekv.cache import TieredCache
-from idlekv.protocol import EngineConfig, RepairEngine
+from idlekv.engine import EngineConfig, RepairEngine
 from idlekv.repair.granularity import take_first_k, unit_scores
 from idlekv.repair.scoring import default_chunk_rows, score_rows
 from idlekv.repair.selectors import TopKBurst

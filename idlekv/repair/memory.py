@@ -1,6 +1,6 @@
 """The repair engine's peak KV memory, predicted from its schedule before a run starts.
 
-The engine (idlekv/protocol.py) holds, on the model's device: the uncompressed root cache
+The engine (idlekv/engine.py) holds, on the model's device: the uncompressed root cache
 (prompt + turn 1 + its answer, with room for the repaired turn, which Full resumes in place);
 one compressed cache per base budget B whose conditions wait (with room for K and the turn);
 one padded batch buffer at a time (at most `resume_batch_rows` rows including each slot's
@@ -118,7 +118,7 @@ def _resume_peak(held: PeakPlan, pending: list, headroom: int, max_rows: int) ->
 
 
 def _batches(pending: list, max_rows: int, headroom: int) -> list[list]:
-    """The engine's grouping (idlekv.protocol._batches) on (rows, k, kind) triples."""
+    """The engine's grouping (idlekv.repair.batching.batches) on (rows, k, kind) triples."""
     batches, current = [], []
     for item in sorted(pending, key=lambda p: p[0]):
         if current and (item[0] + headroom) * (len(current) + 1) > max_rows:

@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from idlekv.protocol import RepairEngine
+from idlekv.engine import RepairEngine
 from phases.common import ROOT, load_phase_model, phase_main
 from phases.phase03_repair.run import engine_from_config, phase_sample
 from phases.publish import atomic_path

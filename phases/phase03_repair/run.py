@@ -13,9 +13,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from idlekv.engine import EngineConfig, RepairEngine
 from idlekv.environment import environment
 from idlekv.models import LoadedModel
-from idlekv.protocol import Condition, EngineConfig, RepairEngine
+from idlekv.repair.conditions import Condition
 from idlekv.repair.memory import DoesNotFit
 from idlekv.results import ResultStore
 from idlekv.tracking import make_logger
@@ -58,11 +59,13 @@ def phase_sample(phase: DictConfig, label: str, index: int, tokenizer):
 def engine_from_config(cfg: DictConfig, lm) -> RepairEngine:
     rule = rule_for_model(OmegaConf.to_container(cfg.retention), cfg.model.path)
     repair = cfg.repair
-    conditions = [Condition(**c) for c in OmegaConf.to_container(repair.conditions)]
+    # the repair config's burst and coverage width are the options of conditions that set none
+    defaults = {"topk_burst": {"lo": repair.burst[0], "hi": repair.burst[1]}, "coverage": {"width": repair.coverage_width}}
+    conditions = [Condition.from_config(c, defaults) for c in OmegaConf.to_container(repair.conditions)]
     engine_cfg = EngineConfig(
         budgets=list(cfg.phase.budgets), ks=list(cfg.phase.ks), conditions=conditions, window=cfg.retention.window,
         max_new_tokens=cfg.phase.max_new_tokens, warm_precision=repair.warm_precision, chunk_rows=repair.chunk_rows,
-        burst=tuple(repair.burst), coverage_width=repair.coverage_width, seed=cfg.seed,
+        seed=cfg.seed,
         resume_batch_rows=repair.resume_batch_rows,
     )
     return RepairEngine(lm.model, lm.tokenizer, rule, engine_cfg)

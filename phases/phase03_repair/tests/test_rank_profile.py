@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from idlekv.engine import EngineConfig, RepairEngine
 from idlekv.models import load_model
-from idlekv.protocol import EngineConfig, RepairEngine
 from idlekv.retention.base import RetentionInputs, RetentionRule
 from phases.phase03_repair.rank_profile import band_edges, enrichment, row_classes, sample_profile
 from ruler import generate

@@ -98,7 +98,7 @@ def test_invalid_grids_are_refused_before_the_model_loads(tiny_model_dir, tmp_pa
     lines = done.stderr.strip().splitlines()
     assert lines[0].startswith("error: phase.length=100000: allowed: an integer from 1 to 2048")
     for expected in ("phase.ks=-4", "phase.num_samples=0", "phase.max_new_tokens=0", "'A' is named 2 times",
-                     "repair.conditions[B].granularity=nope"):
+                     "repair.conditions[B]: granularity 'nope'"):
         assert sum(expected in line for line in lines) == 1, (expected, lines)
     assert "Traceback" not in done.stderr and "Loading weights" not in done.stderr + done.stdout
     assert not (tmp_path / "run" / "rows.jsonl").exists()

@@ -27,63 +27,15 @@ from idlekv.cache import TieredCache
 from idlekv.cache.batch import CacheBatch
 from idlekv.evaluation import prefill
 from idlekv.generation import answer_token_budget, resume_batch, run_turn, stop_token_ids
-from idlekv.models import with_cache
+from idlekv.repair.batching import Pending, batches, cache_columns, needle_table, turn_spans
+from idlekv.repair.conditions import STANDARD_CONDITIONS, Condition
 from idlekv.repair.granularity import first_k, rank_heads, unit_scores
 from idlekv.repair.memory import KVShape, PeakPlan, SampleRows, predict_peak
-from idlekv.repair.scoring import RowScores, proxy_queries, score_rows
-from idlekv.repair.selectors import Coverage, TopKBurst, build_selector
+from idlekv.repair.signals import PauseInputs, Signal, compute_signals
 from idlekv.retention.base import RetentionInputs, RetentionRule
 from ruler.metrics import needle_recall
 from ruler.render import encode, render
 from ruler.sample import Sample
-
-KINDS = ("full", "repair", "refresh")
-SIGNALS = ("exact", "proxy", "stale", "rule", None)
-ANCHORS = ("warm", "all")
-
-
-@dataclass(frozen=True)
-class Condition:
-    name: str
-    kind: str  # full | repair (B + K promoted from the warm tier) | refresh (re-select B+K)
-    # exact | proxy | stale (turn-1 question) | rule (the turn-1 rule's own scores) | None (content-agnostic)
-    signal: str | None = None
-    # topk | topk_burst | coverage | random | oldest | span_ref; a refresh without one keeps the plain top B+K
-    selector: str | None = None
-    granularity: str = "shared"  # shared | layer | head
-    deployable: bool = True
-    # Where topk_burst may anchor a burst: "warm" (the evicted rows, as the reference ranks
-    # them) or "all" (active rows too, so a burst can fill the evicted rows around a row the
-    # next turn attends to that the rule kept: a needle kept with holes in its value).
-    anchors: str = "warm"
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"condition {self.name}: kind {self.kind!r} not in {KINDS}")
-        if self.signal not in SIGNALS:
-            raise ValueError(f"condition {self.name}: signal {self.signal!r} not in {SIGNALS}")
-        if self.kind == "repair" and self.selector is None:
-            raise ValueError(f"condition {self.name}: a repair needs a selector")
-        if self.kind == "refresh" and self.signal is None:
-            raise ValueError(f"condition {self.name}: a refresh re-selects by a signal; name one")
-        if self.anchors not in ANCHORS:
-            raise ValueError(f"condition {self.name}: anchors {self.anchors!r} not in {ANCHORS}")
-        if self.anchors == "all" and (self.kind != "repair" or self.selector != "topk_burst" or self.signal not in ("exact", "proxy", "stale")):
-            raise ValueError(f"condition {self.name}: anchors='all' needs a topk_burst repair scored by exact, proxy or stale "
-                             "(the signals that also score the active rows)")
-
-
-STANDARD_CONDITIONS = (
-    Condition("Full", "full"),
-    # The rule's own next K rows: exactly the rule at B+K (its top B+K contains its top B).
-    Condition("Matched", "repair", "rule", "topk", granularity="head"),
-    Condition("IdleKV", "repair", "exact", "topk_burst"),
-    Condition("Coverage", "repair", "exact", "coverage"),
-    Condition("Random-K", "repair", None, "random"),
-    Condition("Oldest-K", "repair", None, "oldest"),
-    Condition("SpanRef-K", "repair", None, "span_ref", deployable=False),
-    Condition("Refresh-buffered", "refresh", "exact", "topk_burst"),
-)
 
 
 @dataclass
@@ -127,8 +79,6 @@ class EngineConfig:
     max_new_tokens: int = 48
     warm_precision: str = "model"
     chunk_rows: int | None = None  # warm rows per scoring chunk; None = by device (see scoring.py)
-    burst: tuple[int, int] = (-2, 20)
-    coverage_width: int = 23
     seed: int = 0
     turn: int = 1  # the turn that is repaired and scored (0-based): turn 2
     # The conditions of every (B, K) of a sample resume together, padded to the largest; a
@@ -149,16 +99,18 @@ class RepairEngine:
     def __init__(self, model, tokenizer, rule: RetentionRule, config: EngineConfig):
         self.model, self.tokenizer, self.rule, self.config = model, tokenizer, rule, config
         self.stop_ids = stop_token_ids(tokenizer, model)
-        self.selectors = {}
-        for c in config.conditions:
-            if c.kind == "full":
-                continue
-            if c.selector == "topk_burst":
-                self.selectors[c.selector] = TopKBurst(*config.burst)
-            elif c.selector == "coverage":
-                self.selectors[c.selector] = Coverage(config.coverage_width)
-            elif c.selector is not None:
-                self.selectors[c.selector] = build_selector(c.selector)
+        self._built: dict[str, Condition] = {}
+        names = [c.name for c in config.conditions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"condition names must be unique; got {names}")
+        self.selectors = {c.name: c.build_selector() for c in config.conditions if c.selector is not None}
+
+    def selector(self, cond: Condition):
+        """The condition's selector, built from its own options (once per condition)."""
+        if cond.name not in self.selectors or self._built.get(cond.name) not in (None, cond):
+            self.selectors[cond.name] = cond.build_selector()
+        self._built[cond.name] = cond
+        return self.selectors[cond.name]
 
     def predicted_peak(self, sample: Sample, shape: KVShape) -> PeakPlan:
         """The device memory this engine will hold for `sample` (idlekv.repair.memory replays its schedule)."""
@@ -200,47 +152,21 @@ class RepairEngine:
         return TurnOne(root, n, answer, turn_ids, budgets, [q[:, window] for q in queries], positions[window],
                        [q[:, : len(turn1)] for q in queries], prefill_queries)
 
-    def _keep(self, scores: torch.Tensor, budget: int, root: TieredCache, n_ctx: int) -> list[torch.Tensor]:
+    def keep(self, scores: torch.Tensor, budget: int, root: TieredCache, n_ctx: int) -> list[torch.Tensor]:
         context = self.rule.select(scores, budget)  # (layers, heads, budget) positions == root slots
         tail = torch.arange(n_ctx, root.rows).expand(context.shape[1], -1)
         return [torch.cat([context[layer], tail], dim=-1) for layer in range(context.shape[0])]
 
     # --- the next-turn signal ---------------------------------------------------------------
-    def _signals(self, comp: TieredCache, turn_ids: list[int], stale_queries, rule_scores: torch.Tensor,
-                 wanted: set[str] | None = None) -> dict[str, tuple[RowScores, float]]:
+    def signals(self, comp: TieredCache, turn_ids: list[int], stale_queries, rule_scores: torch.Tensor,
+                wanted: set[str] | None = None, wrong_turn_ids: list[int] | None = None) -> dict[str, Signal]:
         """The next-turn signals the conditions use, each computed once per compressed cache."""
         wanted = {c.signal for c in self.config.conditions if c.signal} if wanted is None else wanted
-        out = {}
-        if "rule" in wanted:  # the turn-1 rule's scores of the rows it evicted
-            start = time.perf_counter()
-            rs = RowScores([], [], [], [], [])
-            for layer in range(comp.num_layers):
-                slots, positions = comp.warm.candidates(layer)
-                rs.warm.append(torch.gather(rule_scores[layer], 1, positions[0]))
-                rs.warm_positions.append(positions[0])
-                rs.warm_slots.append(slots[0])
-            out["rule"] = (rs, time.perf_counter() - start)
-        if wanted & {"exact", "proxy"}:
-            start = time.perf_counter()
-            hf = comp.to_hf(scratch=True)  # the turn's rows land in spare room that no fork reads
-            with capture_queries(self.model) as cap, torch.no_grad():
-                self.model(torch.tensor([turn_ids], device=comp.active.device), **with_cache(self.model, hf),
-                           position_ids=comp.position_ids(len(turn_ids)), use_cache=True, logits_to_keep=1)
-            forward = time.perf_counter() - start
-            if "exact" in wanted:
-                start = time.perf_counter()
-                out["exact"] = (score_rows(comp, [cap.queries[i][0] for i in range(comp.num_layers)], self.config.chunk_rows), forward + time.perf_counter() - start)
-            if "proxy" in wanted:
-                start = time.perf_counter()
-                new_keys = [layer.keys[:, :, comp.rows :] for layer in hf.layers]
-                out["proxy"] = (score_rows(comp, proxy_queries(new_keys), self.config.chunk_rows), forward + time.perf_counter() - start)
-        if "stale" in wanted:
-            start = time.perf_counter()
-            out["stale"] = (score_rows(comp, stale_queries, self.config.chunk_rows), time.perf_counter() - start)
-        return out
+        inputs = PauseInputs(self.model, comp, turn_ids, stale_queries, rule_scores, wrong_turn_ids, self.config.chunk_rows)
+        return compute_signals(inputs, wanted)
 
     # --- one condition's cache ---------------------------------------------------------------
-    def _repair(self, cond: Condition, comp: TieredCache, k: int, n_ctx: int, signals, sample: Sample, b: int,
+    def repair(self, cond: Condition, comp: TieredCache, k: int, n_ctx: int, signals, sample: Sample, b: int,
                 memo: dict | None = None):
         """One condition's cache: a fork of `comp` with K warm rows promoted. `memo`, one dict
         per compressed cache, keeps what every K would recompute: the candidates of the
@@ -249,9 +175,9 @@ class RepairEngine:
         memo = {} if memo is None else memo
         cache = comp.fork()
         start = time.perf_counter()
-        selector = self.selectors[cond.selector]
+        selector = self.selector(cond)
         if cond.signal is not None:
-            rs = signals[cond.signal][0]
+            rs = signals[cond.signal].scores
             positions, slots = rs.warm_positions, rs.warm_slots
         else:
             if "candidates" not in memo:
@@ -267,7 +193,7 @@ class RepairEngine:
                 if ("free", cond.granularity) not in memo:
                     memo[("free", cond.granularity)] = unit_scores([torch.zeros(p.shape) for p in positions], positions, n_ctx, cond.granularity)
                 per_unit, anchor_units = memo[("free", cond.granularity)], None
-            spans = _turn_spans(sample, self.config.turn)
+            spans = turn_spans(sample, self.config.turn)
             orders = [selector.order(per_unit[u], ~per_unit[u].isnan(), k, seed=sample.seed + 7919 * k + b, spans=spans,
                                      anchor_scores=None if anchor_units is None else anchor_units[u])
                       for u in range(per_unit.shape[0])]
@@ -280,13 +206,13 @@ class RepairEngine:
         cache.promote(selection)
         return cache, select_s, time.perf_counter() - start
 
-    def _refresh(self, cond: Condition, root: TieredCache, signals, budget: int, n_ctx: int, sample: Sample):
+    def refresh(self, cond: Condition, root: TieredCache, signals, budget: int, n_ctx: int, sample: Sample):
         start = time.perf_counter()
         granularity = cond.granularity
-        per_unit = signals[cond.signal][0].units(n_ctx, granularity, rows="context").nan_to_num(0.0)
+        per_unit = signals[cond.signal].scores.units(n_ctx, granularity, rows="context").nan_to_num(0.0)
         if cond.selector is not None:  # the repair's own selector over every context row (bursts included)
-            spans = _turn_spans(sample, self.config.turn)
-            selector, everything = self.selectors[cond.selector], torch.ones(n_ctx, dtype=torch.bool, device=per_unit.device)
+            spans = turn_spans(sample, self.config.turn)
+            selector, everything = self.selector(cond), torch.ones(n_ctx, dtype=torch.bool, device=per_unit.device)
             per_unit = torch.stack([rank_scores(selector.order(u, everything, budget, seed=sample.seed + budget, spans=spans))
                                     for u in per_unit])
         layers, heads = root.num_layers, root.active.kv_heads
@@ -297,144 +223,130 @@ class RepairEngine:
         else:
             expanded = per_unit
         cache = root.fork()
-        cache.compress(self._keep(expanded.view(layers, heads, n_ctx).cpu(), budget, root, n_ctx), warm=False)
+        cache.compress(self.keep(expanded.view(layers, heads, n_ctx).cpu(), budget, root, n_ctx), warm=False)
         return cache, time.perf_counter() - start
 
     # --- a sample ------------------------------------------------------------------------------
     @torch.no_grad()
-    def run_sample(self, sample: Sample, labels: dict | None = None) -> list[dict]:
-        cfg, labels = self.config, dict(labels or {})
-        turn = cfg.turn
+    def run_sample(self, sample: Sample, labels: dict | None = None, wrong: Sample | None = None) -> list[dict]:
+        """Every condition of every (B, K) cell of one sample: one prefill, one signal per B, batched resumes.
+
+        `wrong`: another sample of the task, whose next turn the wrong signal (WrongQ) scores with."""
+        cfg = self.config
         first = self.turn_one(sample)
-        root, n_ctx, stale_q = first.root, first.context_length, first.question_queries
-        answer1_text = self.tokenizer.decode(first.answer)
-        turn_ids, max_new = first.turn_ids[turn], first.max_new_tokens[turn]
-        gold = sample.turns[turn].outputs
-        needles = _needle_table(_turn_spans(sample, turn), root.seen_tokens, root.device)
-        base = {**labels, "index": sample.index, "context_tokens": n_ctx, "tail_rows": root.rows - n_ctx,
-                "turn1_accuracy": sum(needle_recall(answer1_text, sample.turns[0].outputs)) / max(1, len(sample.turns[0].outputs))}
-
-        start = time.perf_counter()
-        scores = self.rule.score(first.rule_inputs()).cpu()
-        base["rule_s"] = time.perf_counter() - start
-
-        rows = []
-
-        def record(cond, cache, answer, b, k, **timing):
-            text = self.tokenizer.decode(answer)
-            recall = needle_recall(text, gold)
-            rows.append({**base, "condition": cond.name, "deployable": cond.deployable, "B": b, "K": k,
-                         "accuracy": sum(recall) / len(recall), "recall": recall, "answer": text, **cache,
-                         **{"score_s": 0.0, "select_s": 0.0, "promote_s": 0.0, "resume_s": 0.0, **timing}})
-
-        full = next((c for c in cfg.conditions if c.kind == "full"), None)
-        if full is not None:
-            start = time.perf_counter()
-            answer = resume_batch(self.model, [root], turn_ids, max_new, self.stop_ids)[0]
-            resume_s = time.perf_counter() - start
-            for b in cfg.budgets:
-                for k in cfg.ks:
-                    record(full, _cache_columns(root, needles), answer, b, k, resume_s=resume_s)
-
-        pending: list[_Pending] = []
-        headroom = len(turn_ids) + max_new
+        pause = self.pause_after_turn_one(sample, first, labels or {}, wrong)
+        self._resume_full(pause)
+        pending: list[Pending] = []
         for b in cfg.budgets:
-            comp = root.fork()
-            comp.compress(self._keep(scores, b, root, n_ctx), reserve=max(max(cfg.ks), len(turn_ids)))
-            signals, memo = self._signals(comp, turn_ids, stale_q, scores), {}
-            tail = root.rows - n_ctx
-            for k in cfg.ks:
-                for cond in cfg.conditions:
-                    if cond.kind != "full":
-                        pending.append(_Pending(cond, b, k, b + k + tail, self._recipe(cond, comp, root, k, b, n_ctx, signals,
-                                                                                     sample, memo)))
+            pending += self._waiting_conditions(pause, b)
             # Budgets share batches (fewer, fuller forwards) while their waiting rows fit in one batch;
             # past that, resume now so memory does not grow with the grid.
-            if sum(p.rows + headroom for p in pending) >= cfg.resume_batch_rows:
-                self._resume(pending, turn_ids, max_new, needles, record)
-        self._resume(pending, turn_ids, max_new, needles, record)
-        return rows
+            if sum(p.rows + pause.headroom for p in pending) >= cfg.resume_batch_rows:
+                self._resume(pending, pause)
+        self._resume(pending, pause)
+        return pause.recorder.rows
+
+    def pause_after_turn_one(self, sample: Sample, first: TurnOne, labels: dict, wrong: Sample | None = None) -> "Pause":
+        """What every condition at the repaired pause shares: the next turn, the rule's scores, the rows' labels."""
+        turn = self.config.turn
+        start = time.perf_counter()
+        scores = self.rule.score(first.rule_inputs()).cpu()
+        rule_s = time.perf_counter() - start
+        first_turn = sample.turns[0].outputs
+        base = {**labels, "index": sample.index, "context_tokens": first.context_length,
+                "tail_rows": first.root.rows - first.context_length, "rule_s": rule_s,
+                "turn1_accuracy": sum(needle_recall(self.tokenizer.decode(first.answer), first_turn)) / max(1, len(first_turn))}
+        return Pause(sample, first, scores, first.turn_ids[turn], first.max_new_tokens[turn],
+                     needle_table(turn_spans(sample, turn), first.root.seen_tokens, first.root.device),
+                     Recorder(self.tokenizer, base, sample.turns[turn].outputs),
+                     None if wrong is None else self.rows_of(wrong).turns[turn])
+
+    def _resume_full(self, pause: "Pause") -> None:
+        full = next((c for c in self.config.conditions if c.kind == "full"), None)
+        if full is None:
+            return
+        root = pause.first.root
+        start = time.perf_counter()
+        answer = resume_batch(self.model, [root], pause.turn_ids, pause.max_new, self.stop_ids)[0]
+        resume_s = time.perf_counter() - start
+        for b in self.config.budgets:
+            for k in self.config.ks:
+                pause.recorder.record(full, cache_columns(root, pause.needles), answer, b, k, {"resume_s": resume_s})
+
+    def _waiting_conditions(self, pause: "Pause", b: int) -> list[Pending]:
+        """Compress to B, compute the signals once, and queue every condition of every K (built when batched)."""
+        cfg, first = self.config, pause.first
+        root, n_ctx = first.root, first.context_length
+        comp = root.fork()
+        comp.compress(self.keep(pause.scores, b, root, n_ctx), reserve=max(max(cfg.ks), len(pause.turn_ids)))
+        signals = self.signals(comp, pause.turn_ids, first.question_queries, pause.scores, wrong_turn_ids=pause.wrong_turn_ids)
+        memo, tail = {}, root.rows - n_ctx
+        return [Pending(cond, b, k, b + k + tail, self._recipe(cond, comp, root, k, b, n_ctx, signals, pause.sample, memo))
+                for k in cfg.ks for cond in cfg.conditions if cond.kind != "full"]
 
     def _recipe(self, cond: Condition, comp: TieredCache, root: TieredCache, k: int, b: int, n_ctx: int, signals,
                 sample: Sample, memo: dict):
         """How to build one condition's cache when its batch is assembled: (cache, timings)."""
+        score_s = signals[cond.signal].seconds if cond.signal else 0.0
         if cond.kind == "repair":
             def build():
-                cache, select_s, promote_s = self._repair(cond, comp, k, n_ctx, signals, sample, b, memo)
-                return cache, {"score_s": signals[cond.signal][1] if cond.signal else 0.0, "select_s": select_s,
-                               "promote_s": promote_s}
+                cache, select_s, promote_s = self.repair(cond, comp, k, n_ctx, signals, sample, b, memo)
+                return cache, {"score_s": score_s, "select_s": select_s, "promote_s": promote_s}
         else:
             def build():
-                cache, select_s = self._refresh(cond, root, signals, b + k, n_ctx, sample)
-                return cache, {"score_s": signals[cond.signal][1], "select_s": select_s}
+                cache, select_s = self.refresh(cond, root, signals, b + k, n_ctx, sample)
+                return cache, {"score_s": score_s, "select_s": select_s}
         return build
 
-    def _resume(self, pending: list["_Pending"], turn_ids: list[int], max_new: int, needles, record) -> None:
+    def _resume(self, pending: list[Pending], pause: "Pause") -> None:
         """Build the waiting caches batch by batch into one padded buffer each, resume, record, free."""
-        headroom = len(turn_ids) + max_new
-        for batch in _batches(pending, self.config.resume_batch_rows, headroom):
+        for batch in batches(pending, self.config.resume_batch_rows, pause.headroom):
             stacked, columns, timings = None, [], []
             for slot, item in enumerate(batch):
                 cache, timing = item.build()
-                stacked = stacked or CacheBatch([p.rows for p in batch], cache, headroom)
+                stacked = stacked or CacheBatch([p.rows for p in batch], cache, pause.headroom)
                 stacked.put(slot, cache)
-                columns.append(_cache_columns(cache, needles))
+                columns.append(cache_columns(cache, pause.needles))
                 timings.append(timing)
                 del cache  # only the batch buffer holds its rows from here on
             start = time.perf_counter()
-            answers = resume_batch(self.model, stacked, turn_ids, max_new, self.stop_ids)
+            answers = resume_batch(self.model, stacked, pause.turn_ids, pause.max_new, self.stop_ids)
             resume_s = (time.perf_counter() - start) / len(batch)
             for item, cols, timing, answer in zip(batch, columns, timings, answers):
-                record(item.cond, cols, answer, item.b, item.k, resume_s=resume_s, **timing)
+                pause.recorder.record(item.cond, cols, answer, item.b, item.k, {**timing, "resume_s": resume_s})
         pending.clear()
 
 
 @dataclass
-class _Pending:
-    """A condition of one (B, K) cell waiting for its batch: its cache is built then."""
+class Recorder:
+    """One result row per (condition, B, K) of a sample, scored against the repaired turn's gold values."""
 
-    cond: Condition
-    b: int
-    k: int
-    rows: int  # active rows it will hold (B + K + the turn-1 tail)
-    build: object  # () -> (TieredCache, timings)
+    tokenizer: object
+    base: dict  # the sample's labels and the columns every row shares
+    gold: list[str]
+    rows: list[dict] = field(default_factory=list)
 
-
-def _cache_columns(cache: TieredCache, needles) -> dict:
-    """What a row reports of a condition's cache, measured from its tensors."""
-    size = cache.bytes()
-    return {"active_rows": cache.rows, "active_bytes": size.active_kv, "warm_bytes": size.warm_kv,
-            "needle_rows_active": _span_coverage(cache, needles)}
-
-
-def _batches(pending: list, max_rows: int, headroom: int = 0) -> list[list]:
-    """Group caches (smallest first) so that each batch's padded rows (+ the turn's room) x caches stay within max_rows."""
-    batches, current = [], []
-    for item in sorted(pending, key=lambda p: p.rows):
-        if current and (item.rows + headroom) * (len(current) + 1) > max_rows:
-            batches.append(current)
-            current = []
-        current.append(item)
-    return batches + ([current] if current else [])
+    def record(self, cond: Condition, columns: dict, answer: list[int], b: int, k: int, timing: dict) -> None:
+        text = self.tokenizer.decode(answer)
+        recall = needle_recall(text, self.gold)
+        self.rows.append({**self.base, "condition": cond.name, "deployable": cond.deployable, "B": b, "K": k,
+                          "accuracy": sum(recall) / len(recall), "recall": recall, "answer": text, **columns,
+                          "score_s": 0.0, "select_s": 0.0, "promote_s": 0.0, "resume_s": 0.0, **timing})
 
 
-def _turn_spans(sample: Sample, turn: int) -> list[tuple[int, int]]:
-    """The token spans [start, end) of the needles the turn asks about (SpanRef-K and the coverage column)."""
-    return [(n.token_start, n.token_end) for n in sample.needles_for_turn(turn)]
+@dataclass
+class Pause:
+    """The repaired pause of one sample, as every condition at it sees it."""
 
+    sample: Sample
+    first: TurnOne
+    scores: torch.Tensor  # the turn-1 rule's scores (layers, kv_heads, positions)
+    turn_ids: list[int]  # the repaired turn's tokens
+    max_new: int  # its answer budget
+    needles: tuple  # needle_table of the turn's needle rows
+    recorder: Recorder
+    wrong_turn_ids: list[int] | None = None
 
-def _needle_table(spans: list[tuple[int, int]], length: int, device) -> tuple[torch.Tensor, int]:
-    """A lookup by position of the next-turn needle rows, and how many there are."""
-    wanted = torch.cat([torch.arange(a, b) for a, b in spans]) if spans else torch.zeros(0, dtype=torch.long)
-    table = torch.zeros(max(length, int(wanted.max()) + 1 if wanted.numel() else 0), dtype=torch.bool)
-    table[wanted] = True
-    return table.to(device), wanted.numel()
-
-
-def _span_coverage(cache: TieredCache, needles: tuple[torch.Tensor, int]) -> float:
-    """Fraction of the next-turn needle rows present in the active tier (over layers and heads)."""
-    table, count = needles
-    if not count:
-        return 0.0
-    hits = torch.stack([table[cache.active.positions(layer)[0]].sum(-1) for layer in range(cache.num_layers)])
-    return float((hits.cpu().float() / count).mean())  # on the CPU: the same float on every device
+    @property
+    def headroom(self) -> int:
+        return len(self.turn_ids) + self.max_new

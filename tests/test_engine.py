@@ -5,8 +5,9 @@ import torch
 
 from idlekv.cache import TieredCache
 from idlekv.embedded.tokenizer import build_tokenizer
+from idlekv.engine import EngineConfig, RepairEngine
 from idlekv.generation import resume_batch, stop_token_ids
-from idlekv.protocol import Condition, EngineConfig, RepairEngine
+from idlekv.repair.conditions import Condition
 from idlekv.repair.scoring import score_rows
 from idlekv.retention import SnapKV
 from idlekv.tiny_models import build_tiny_model
@@ -79,13 +80,13 @@ def test_matched_is_the_rule_at_b_plus_k(setup, rows):
     root, n_ctx = first.root, first.context_length
     scores = engine.rule.score(first.rule_inputs())
     matched = root.fork()
-    matched.compress(engine._keep(scores, B + 40, root, n_ctx))
+    matched.compress(engine.keep(scores, B + 40, root, n_ctx))
     direct = engine.rule.select(scores, B + 40)
     comp = root.fork()
-    comp.compress(engine._keep(scores, B, root, n_ctx), reserve=40)
-    signals = engine._signals(comp, [], None, scores, {"rule"})
+    comp.compress(engine.keep(scores, B, root, n_ctx), reserve=40)
+    signals = engine.signals(comp, [], None, scores, {"rule"})
     cond = next(c for c in engine.config.conditions if c.name == "Matched")
-    repaired, _, _ = engine._repair(cond, comp, 40, n_ctx, signals, sample, B)
+    repaired, _, _ = engine.repair(cond, comp, 40, n_ctx, signals, sample, B)
     for layer in range(root.num_layers):
         for cache in (matched, repaired):
             context = cache.active.positions(layer)[0]
@@ -105,16 +106,16 @@ def test_span_ref_restores_the_next_turn_needles_when_k_allows(rows, setup):
 def test_refresh_reselects_b_plus_k_rows_with_its_selector(setup):
     """Refresh keeps B+K context rows per head: the rule's sinks and recent window, then the
     selector's order over every context row (a burst selector brings each anchor's neighbours)."""
-    from idlekv.protocol import rank_scores
+    from idlekv.engine import rank_scores
 
     tok, model, sample, engine = setup
     first = engine.turn_one(sample)
     root, n_ctx = first.root, first.context_length
     comp = root.fork()
-    comp.compress(engine._keep(engine.rule.score(first.rule_inputs()), B, root, n_ctx), reserve=40)
-    signals = engine._signals(comp, first.turn_ids[1], None, None, {"exact"})
+    comp.compress(engine.keep(engine.rule.score(first.rule_inputs()), B, root, n_ctx), reserve=40)
+    signals = engine.signals(comp, first.turn_ids[1], None, None, {"exact"})
     for cond in (Condition("R", "refresh", "exact", "topk_burst"), Condition("R", "refresh", "exact")):
-        cache, _ = engine._refresh(cond, root, signals, B + 40, n_ctx, sample)
+        cache, _ = engine.refresh(cond, root, signals, B + 40, n_ctx, sample)
         for layer in range(root.num_layers):
             context = cache.active.positions(layer)[0]
             context = context[context < n_ctx].view(root.active.kv_heads, -1)
@@ -123,7 +124,7 @@ def test_refresh_reselects_b_plus_k_rows_with_its_selector(setup):
     # the burst order: the best anchor's whole window [a-2, a+20] comes first
     scores = torch.zeros(100)
     scores[50] = 1.0
-    order = engine.selectors["topk_burst"].order(scores, torch.ones(100, dtype=torch.bool), 1)
+    order = engine.selectors["IdleKV"].order(scores, torch.ones(100, dtype=torch.bool), 1)
     ranked = rank_scores(order)
     assert set(ranked.argsort(descending=True)[:23].tolist()) == set(range(48, 71))
     with pytest.raises(ValueError, match="signal"):
@@ -233,8 +234,8 @@ def compressed_with_signal(engine, sample, signal):
     root, n_ctx = first.root, first.context_length
     scores = engine.rule.score(first.rule_inputs())
     comp = root.fork()
-    comp.compress(engine._keep(scores, B, root, n_ctx), reserve=40)
-    return root, n_ctx, comp, engine._signals(comp, first.turn_ids[1], None, scores, {signal})
+    comp.compress(engine.keep(scores, B, root, n_ctx), reserve=40)
+    return root, n_ctx, comp, engine.signals(comp, first.turn_ids[1], None, scores, {signal})
 
 
 def test_active_anchored_idlekv_promotes_exactly_k_warm_rows(setup):
@@ -242,7 +243,7 @@ def test_active_anchored_idlekv_promotes_exactly_k_warm_rows(setup):
     root, n_ctx, comp, signals = compressed_with_signal(engine, sample, "exact")
     for granularity in ("shared", "head"):
         cond = Condition("IdleKV", "repair", "exact", "topk_burst", granularity=granularity, anchors="all")
-        repaired, _, _ = engine._repair(cond, comp, 40, n_ctx, signals, sample, B)
+        repaired, _, _ = engine.repair(cond, comp, 40, n_ctx, signals, sample, B)
         for layer in range(root.num_layers):
             before, after = comp.active.positions(layer)[0], repaired.active.positions(layer)[0]
             for head in range(root.active.kv_heads):
@@ -275,7 +276,7 @@ def test_unit_scores_of_a_signal_are_computed_once_per_granularity(setup):
 
     _, _, sample, engine = setup
     _, n_ctx, _, signals = compressed_with_signal(engine, sample, "exact")
-    rs = signals["exact"][0]
+    rs = signals["exact"].scores
     warm = rs.units(n_ctx, "shared")
     assert rs.units(n_ctx, "shared") is warm and rs.units(n_ctx, "head") is not warm
     assert torch.equal(warm.nan_to_num(-1), unit_scores(rs.warm, rs.warm_positions, n_ctx, "shared").nan_to_num(-1))
@@ -288,7 +289,7 @@ def test_unit_scores_of_a_signal_are_computed_once_per_granularity(setup):
 
 
 def test_every_budget_resumes_in_one_batch_unless_the_rows_bound_splits_it(setup, monkeypatch):
-    import idlekv.protocol as protocol
+    import idlekv.engine as protocol
 
     tok, model, sample, _ = setup
     batches = []
@@ -318,13 +319,13 @@ def test_orders_that_do_not_depend_on_k_are_computed_once_per_compressed_cache(s
     _, _, sample, engine = setup
     root, n_ctx, comp, signals = compressed_with_signal(engine, sample, "rule")
     for cond in (Condition("Matched", "repair", "rule", "topk", granularity="head"), Condition("Oldest-K", "repair", None, "oldest")):
-        selector, calls = engine.selectors[cond.selector], []
+        selector, calls = engine.selector(cond), []
         order = selector.order
         monkeypatch.setattr(selector, "order", lambda *a, **kw: calls.append(1) or order(*a, **kw))
         memo = {}
         for k in KS:
-            shared, _, _ = engine._repair(cond, comp, k, n_ctx, signals, sample, B, memo)
-            alone, _, _ = engine._repair(cond, comp, k, n_ctx, signals, sample, B)
+            shared, _, _ = engine.repair(cond, comp, k, n_ctx, signals, sample, B, memo)
+            alone, _, _ = engine.repair(cond, comp, k, n_ctx, signals, sample, B)
             for layer in range(root.num_layers):
                 assert torch.equal(shared.active.positions(layer), alone.active.positions(layer))
         units = 1 if cond.granularity == "shared" else root.num_layers * root.active.kv_heads
