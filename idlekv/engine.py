@@ -167,12 +167,13 @@ class RepairEngine:
 
     # --- one condition's cache ---------------------------------------------------------------
     def repair(self, cond: Condition, comp: TieredCache, k: int, n_ctx: int, signals, sample: Sample, b: int,
-                memo: dict | None = None):
-        """One condition's cache: a fork of `comp` with K warm rows promoted. `memo`, one dict
-        per compressed cache, keeps what every K would recompute: the candidates of the
-        signal-free selectors and, for selectors whose order does not depend on K, each head's
-        ranked warm rows (so a K only takes its first K)."""
+               memo: dict | None = None, turn: int | None = None):
+        """One condition's cache: a fork of `comp` with K warm rows promoted before `turn` (the
+        config's by default). `memo`, one dict per compressed cache, keeps what every K would
+        recompute: the candidates of the signal-free selectors and, for selectors whose order
+        does not depend on K, each head's ranked warm rows (so a K only takes its first K)."""
         memo = {} if memo is None else memo
+        turn = self.config.turn if turn is None else turn
         cache = comp.fork()
         start = time.perf_counter()
         selector = self.selector(cond)
@@ -193,8 +194,9 @@ class RepairEngine:
                 if ("free", cond.granularity) not in memo:
                     memo[("free", cond.granularity)] = unit_scores([torch.zeros(p.shape) for p in positions], positions, n_ctx, cond.granularity)
                 per_unit, anchor_units = memo[("free", cond.granularity)], None
-            spans = turn_spans(sample, self.config.turn)
-            orders = [selector.order(per_unit[u], ~per_unit[u].isnan(), k, seed=sample.seed + 7919 * k + b, spans=spans,
+            spans = turn_spans(sample, turn)
+            seed = sample.seed + 7919 * k + b + 104729 * (turn - self.config.turn)  # another draw at every pause
+            orders = [selector.order(per_unit[u], ~per_unit[u].isnan(), k, seed=seed, spans=spans,
                                      anchor_scores=None if anchor_units is None else anchor_units[u])
                       for u in range(per_unit.shape[0])]
             ranked = rank_heads(orders, positions, slots, cond.granularity, n_ctx, None if selector.k_free else k)

@@ -50,16 +50,18 @@ def prefill(model, prompt_ids: list[int], warm_precision: str = "model", room: i
 
 
 @torch.no_grad()
-def answer_sample(model, tokenizer, sample: Sample, max_new_tokens: int = 48, before_turn: BeforeTurn | None = None,
+def answer_sample(model, tokenizer, sample: Sample, max_new_tokens: int | list[int] = 48, before_turn: BeforeTurn | None = None,
                   stop_ids: set[int] | None = None) -> list[TurnResult]:
-    """Answer every turn of `sample`; earlier answers stay in the context of later turns."""
+    """Answer every turn of `sample` (`max_new_tokens` for each, or one per turn); earlier answers stay in
+    the context of later turns."""
     stop_ids = stop_token_ids(tokenizer) if stop_ids is None else stop_ids
     rendered = render(sample, tokenizer)
     cache = prefill(model, encode(tokenizer, rendered.prompt_text))
     results = []
+    budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(sample.turns)
     for t, (turn, text) in enumerate(zip(sample.turns, rendered.turn_texts)):
         if before_turn is not None:
             before_turn(t, cache, sample)
-        answer = tokenizer.decode(run_turn(model, cache, encode(tokenizer, text), max_new_tokens, stop_ids))
+        answer = tokenizer.decode(run_turn(model, cache, encode(tokenizer, text), budgets[t], stop_ids))
         results.append(TurnResult(t, answer, needle_recall(answer, turn.outputs)))
     return results

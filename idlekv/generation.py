@@ -49,12 +49,14 @@ def greedy_decode(
     max_new_tokens: int,
     stop_ids: Iterable[int] = (),
     attention_mask: torch.Tensor | None = None,
+    stats: dict | None = None,
 ) -> list[list[int]]:
     """Decode from `last_logits` (batch, vocab); returns each row's tokens up to (excluding) a stop id.
 
     `past_key_values` already holds the prompt; every row continues at `start_position`.
     `attention_mask` (batch, cached rows) hides padding rows of a padded batch; it grows by
-    one visible column per decoded token.
+    one visible column per decoded token. `stats["fed"]`, when given, receives how many decoded
+    tokens were fed back (the rows each row's cache gained beyond the prompt).
     """
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=last_logits.device)
     batch = last_logits.shape[0]
@@ -62,6 +64,7 @@ def greedy_decode(
     tokens, kept = [], []  # per step: (batch,) tokens and whether each row still wants them
     logits = last_logits
     position = torch.as_tensor(start_position, device=last_logits.device).reshape(-1, 1).expand(batch, 1)
+    fed = 0
     for step in range(max_new_tokens):
         token = logits.argmax(-1)
         hit = torch.isin(token, stop) if stop.numel() else torch.zeros_like(done)
@@ -74,6 +77,9 @@ def greedy_decode(
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
         logits = model(token[:, None], **with_cache(model, past_key_values), position_ids=position + step,
                        attention_mask=attention_mask, use_cache=True).logits[:, -1]
+        fed += 1
+    if stats is not None:
+        stats["fed"] = fed
     if not tokens:
         return [[] for _ in range(batch)]
     ids, keep = torch.stack(tokens, 1).tolist(), torch.stack(kept, 1).tolist()
@@ -95,25 +101,29 @@ def run_turn(model, cache, turn_ids: list[int], max_new_tokens: int, stop_ids: I
 
 
 @torch.no_grad()
-def resume_batch(model, caches, turn_ids: list[int], max_new_tokens: int, stop_ids: Iterable[int]) -> list[list[int]]:
+def resume_batch(model, caches, turn_ids: list[int], max_new_tokens: int, stop_ids: Iterable[int],
+                 stats: dict | None = None) -> list[list[int]]:
     """Prefill the same turn over several caches of one sample as one batch and decode greedily.
 
     `caches`: a CacheBatch, or TieredCaches (padded and masked when their sizes differ). A single
-    cache with room behind its rows resumes in place (its rows are not copied, nor changed)."""
+    cache with room behind its rows resumes in place (its rows are not copied, nor changed).
+    Each cache continues at its own position (answers of earlier turns may differ in length)."""
     from idlekv.cache.batch import CacheBatch, stack_to_hf
 
     headroom = len(turn_ids) + max_new_tokens
     if isinstance(caches, CacheBatch):
-        (hf, mask), batch, start = caches.to_hf(), len(caches), caches.seen_tokens
+        (hf, mask), starts = caches.to_hf(), caches.starts()
     elif len(caches) == 1 and caches[0].active.capacity - caches[0].rows >= headroom and not caches[0].active.extra_rows:
-        hf, mask, batch, start = caches[0].to_hf(scratch=True), None, 1, caches[0].seen_tokens
+        hf, mask = caches[0].to_hf(scratch=True), None
+        starts = torch.tensor([caches[0].seen_tokens], device=caches[0].device)
     else:
-        (hf, mask), batch, start = stack_to_hf(caches, headroom=headroom), len(caches), caches[0].seen_tokens
-    device = hf.layers[0].keys.device
+        (hf, mask) = stack_to_hf(caches, headroom=headroom)
+        starts = torch.tensor([c.seen_tokens for c in caches], device=caches[0].device)
+    device, batch = hf.layers[0].keys.device, starts.shape[0]
     ids = torch.tensor([turn_ids], device=device).expand(batch, -1)
-    positions = torch.arange(start, start + len(turn_ids), device=device).expand(batch, -1)
+    positions = starts[:, None] + torch.arange(len(turn_ids), device=device)
     if mask is not None:
         mask = torch.cat([mask, mask.new_ones(batch, len(turn_ids))], dim=1)
     logits = model(ids, **with_cache(model, hf), position_ids=positions, attention_mask=mask, use_cache=True,
                    logits_to_keep=1).logits[:, -1]
-    return greedy_decode(model, hf, logits, start + len(turn_ids), max_new_tokens, stop_ids, attention_mask=mask)
+    return greedy_decode(model, hf, logits, starts + len(turn_ids), max_new_tokens, stop_ids, attention_mask=mask, stats=stats)

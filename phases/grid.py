@@ -38,12 +38,12 @@ def _lengths(errors: list[str], phase: DictConfig, max_positions: int | None) ->
 
 def _budgets(errors: list[str], phase: DictConfig, lengths: list[int]) -> None:
     shortest = min(lengths) if lengths else None
-    budgets = _ints(phase.get("budgets", []))
+    budgets = _ints(phase.get("budgets", [])) + ([phase.budget] if "budget" in phase else [])
     for b in budgets:
-        _positive_int(errors, "phase.budgets", b, shortest - 1 if shortest else None)
-    ks = _ints(phase.get("ks", []))
+        _positive_int(errors, "phase.budget" if "budget" in phase else "phase.budgets", b, shortest - 1 if shortest else None)
+    ks = _ints(phase.get("ks", [])) + ([phase.k] if "k" in phase else [])
     for k in ks:
-        if _positive_int(errors, "phase.ks", k) and shortest and budgets and all(isinstance(b, int) for b in budgets):
+        if _positive_int(errors, "phase.k" if "k" in phase else "phase.ks", k) and shortest and budgets and all(isinstance(b, int) for b in budgets):
             _check(errors, "phase.ks", k, max(budgets) + k < shortest,
                    f"B + K must stay below the context: the largest B is {max(budgets)} of {shortest} tokens")
     for f in _ints(phase.get("budget_fractions", [])):
@@ -83,9 +83,9 @@ def validate_grid(cfg: DictConfig, max_positions: int | None) -> None:
     if "splits" in phase:
         _check(errors, "phase.splits", dict(phase.splits), len(phase.splits) > 0, "allowed: at least one split")
     _budgets(errors, phase, lengths)
-    if "budgets" in phase and "repair" in cfg:
+    if ("budgets" in phase or "budget" in phase) and "repair" in cfg:
         _conditions(errors, cfg)
-    if "budgets" in phase and "retention" in cfg:
+    if ("budgets" in phase or "budget" in phase) and "retention" in cfg:
         _check(errors, "retention.name", cfg.retention.name, cfg.retention.name in RULES, f"allowed: {', '.join(sorted(RULES))}")
     configs = sorted(p.stem for p in (CONFIG_DIR / "retention").glob("*.yaml"))
     for rule in _ints(phase.get("rules", [])):

@@ -15,9 +15,13 @@ from idlekv.cache.tiered import TieredCache, _empty_dynamic_cache, _headroom_lay
 
 
 class CacheBatch:
-    def __init__(self, rows: list[int], like: TieredCache, headroom: int = 0):
-        """Slots for caches of `rows` rows, shaped like `like`, with `headroom` rows of room for the next forwards."""
-        self.rows, self.seen_tokens, self.width = list(rows), like.seen_tokens, max(rows)
+    def __init__(self, rows: list[int], like: TieredCache, headroom: int = 0, seen: list[int] | None = None):
+        """Slots for caches of `rows` rows, shaped like `like`, with `headroom` rows of room for the next forwards.
+
+        `seen`: each slot's original sequence length (conversations whose answers differ in length
+        continue at different positions); by default every slot continues `like`'s."""
+        self.rows, self.width = list(rows), max(rows)
+        self.seen = list(seen) if seen is not None else [like.seen_tokens] * len(rows)
         active = like.active
         shape = (len(rows), active.kv_heads, self.width + headroom, active.head_dim)
         self.keys = [torch.zeros(shape, dtype=active.dtype, device=active.device) for _ in range(like.num_layers)]
@@ -28,9 +32,8 @@ class CacheBatch:
         return len(self.rows)
 
     def put(self, slot: int, cache: TieredCache) -> None:
-        if cache.seen_tokens != self.seen_tokens:
-            raise ValueError(f"only caches continuing the same sequence batch; got original lengths "
-                             f"{cache.seen_tokens} and {self.seen_tokens}")
+        if cache.seen_tokens != self.seen[slot]:
+            raise ValueError(f"slot {slot} continues a sequence of {self.seen[slot]} tokens; the cache has seen {cache.seen_tokens}")
         if cache.rows != self.rows[slot]:
             raise ValueError(f"slot {slot} was sized for {self.rows[slot]} rows; the cache holds {cache.rows}")
         for i, (keys, values) in enumerate(zip(self.keys, self.values)):
@@ -40,8 +43,14 @@ class CacheBatch:
                 values[slot : slot + 1, :, start : start + k.shape[-2]].copy_(v)
                 start += k.shape[-2]
 
-    def position_ids(self, length: int) -> torch.Tensor:
-        return torch.arange(self.seen_tokens, self.seen_tokens + length, device=self.device).expand(len(self), length)
+    def starts(self) -> torch.Tensor:
+        """(batch,) the next token's position in each slot."""
+        return torch.tensor(self.seen, device=self.device)
+
+    def new_rows(self, slot: int, count: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per layer, the keys and values of the first `count` rows a resume wrote behind slot's rows."""
+        return ([k[slot : slot + 1, :, self.width : self.width + count] for k in self.keys],
+                [v[slot : slot + 1, :, self.width : self.width + count] for v in self.values])
 
     def to_hf(self):
         """(transformers cache over the buffers, padding mask or None); new rows are written in the headroom."""
@@ -60,10 +69,7 @@ class CacheBatch:
 
 def stack_to_hf(caches: list[TieredCache], headroom: int = 0):
     """One transformers cache holding several caches as a batch, and its padding mask (None when equal)."""
-    lengths = {c.seen_tokens for c in caches}
-    if len(lengths) != 1:
-        raise ValueError(f"only caches continuing the same sequence stack; got original lengths {sorted(lengths)}")
-    batch = CacheBatch([c.rows for c in caches], caches[0], headroom)
+    batch = CacheBatch([c.rows for c in caches], caches[0], headroom, [c.seen_tokens for c in caches])
     for slot, cache in enumerate(caches):
         batch.put(slot, cache)
     return batch.to_hf()

@@ -76,8 +76,11 @@ def signal(name: str):
 def rule_signal(x: PauseInputs) -> tuple[RowScores, float]:
     """The turn-1 rule's scores of the rows it evicted."""
     rs = RowScores([], [], [], [], [])
+    heads = x.comp.active.kv_heads
     for layer in range(x.comp.num_layers):
         slots, positions = x.comp.warm.candidates(layer)
+        if not slots.numel():  # nothing evicted
+            slots = positions = torch.zeros(1, heads, 0, dtype=torch.long)
         rs.warm.append(torch.gather(x.rule_scores[layer], 1, positions[0]))
         rs.warm_positions.append(positions[0])
         rs.warm_slots.append(slots[0])

@@ -1,0 +1,35 @@
+"""95% intervals by bootstrap over samples; paired for differences between conditions of the same samples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Interval:
+    n: int
+    mean: float
+    low: float
+    high: float
+
+
+def bootstrap(values: Sequence[float], resamples: int = 2000, seed: int = 0, level: float = 0.95) -> Interval:
+    """Mean of `values` (one per sample) and the percentile bootstrap interval of it."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return Interval(0, float("nan"), float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return Interval(int(x.size), float(x.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail)))
+
+
+def paired(a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 0) -> Interval:
+    """a - b over the same samples (aligned), resampling samples jointly."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values must align sample by sample; got {a.shape} and {b.shape}")
+    return bootstrap(a - b, resamples, seed)
