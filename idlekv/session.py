@@ -95,11 +95,14 @@ class SessionEngine:
         trajectories = [Trajectory(c, first.root.fork(), first.window_queries, first.window_positions)
                         for c in self.config.conditions]
         wrong_turns = None if wrong is None else self.engine.rows_of(wrong).turns
-        rows = [self._row(sample, first, t, 0, first.answer, PauseStats(), labels) for t in trajectories]
+        answered_from = [self._columns(sample, first, first.root, 0) for _ in trajectories]
+        rows = [self._row(sample, first, t, 0, first.answer, PauseStats(), c, labels) for t, c in zip(trajectories, answered_from)]
         for turn in range(1, len(sample.turns)):
             stats = [self._pause(t, first, sample, turn, wrong_turns) for t in trajectories]
+            answered_from = [self._columns(sample, first, t.cache, turn) for t in trajectories]
             answers = self._resume(trajectories, first.turn_ids[turn], first.max_new_tokens[turn])
-            rows += [self._row(sample, first, t, turn, a, s, labels) for t, a, s in zip(trajectories, answers, stats)]
+            rows += [self._row(sample, first, t, turn, a, s, c, labels)
+                     for t, a, s, c in zip(trajectories, answers, stats, answered_from)]
         return rows
 
     # --- the pause before a turn -----------------------------------------------------------------
@@ -177,17 +180,21 @@ class SessionEngine:
             traj.window_positions = torch.arange(start, start + new)[window]
         return answers
 
+    def _columns(self, sample: Sample, first: TurnOne, cache: TieredCache, turn: int) -> dict:
+        """The cache a turn is answered from, measured from its tensors (before the turn's rows join it)."""
+        needles = needle_table(turn_spans(sample, turn), cache.seen_tokens, cache.device)
+        turn1_cache = turn == 0  # turn 1 is answered from the prompt alone
+        return {**cache_columns(cache, needles), "warm_rows": cache.warm.rows,
+                "turn_rows": 0 if turn1_cache else cache.rows - _context_rows(cache, first.context_length)}
+
     def _row(self, sample: Sample, first: TurnOne, traj: Trajectory, turn: int, answer: list[int], stats: PauseStats,
-             labels: dict | None) -> dict:
+             columns: dict, labels: dict | None) -> dict:
         text = self.tokenizer.decode(answer)
         recall = needle_recall(text, sample.turns[turn].outputs)
-        cache = traj.cache
-        needles = needle_table(turn_spans(sample, turn), cache.seen_tokens, cache.device)
         return {**(labels or {}), "index": sample.index, "condition": traj.cond.name, "turn": turn + 1,
                 "B": self.config.budget, "K": self.config.k, "cumulative": self.config.cumulative,
                 "accuracy": sum(recall) / max(1, len(recall)), "recall": recall, "answer": text,
-                "context_tokens": first.context_length, "turn_rows": cache.rows - _context_rows(cache, first.context_length),
-                **cache_columns(cache, needles), "warm_rows": cache.warm.rows, "rows_before_pause": stats.rows_before,
+                "context_tokens": first.context_length, **columns, "rows_before_pause": stats.rows_before,
                 "evicted_again": stats.evicted_again, "compress_s": stats.compress_s, "score_s": stats.score_s,
                 "select_s": stats.select_s, "promote_s": stats.promote_s}
 

@@ -109,3 +109,21 @@ def test_refresh_and_prefill_reading_rules_are_refused(setup):
     with pytest.raises(ValueError, match="prefill query"):
         SessionEngine(model, tok, H2O(), SessionConfig(B, K, CONDITIONS[:1]))
     torch.manual_seed(0)
+
+
+def test_the_two_turn_frontier_is_the_session_with_two_turns(setup):
+    """The grid engine (one pause, every (B, K) cell) and the session (every pause) are one semantics."""
+    from idlekv.engine import EngineConfig, RepairEngine
+
+    tok, model, _ = setup
+    sample = generate("mq_niah_4q_embedded", 640, 3, tok)
+    conditions = [*CONDITIONS, Condition("SpanRef-K", "repair", None, "span_ref", deployable=False)]
+    rule = SnapKV(sinks=4, recent=16)
+    grid = RepairEngine(model, tok, rule, EngineConfig(budgets=[B], ks=[K], conditions=conditions, max_new_tokens=4))
+    session = SessionEngine(model, tok, rule, SessionConfig(B, K, conditions, max_new_tokens=4))
+    cells = {r["condition"]: r for r in grid.run_sample(sample)}
+    for r in session.run_sample(sample):
+        if r["turn"] == 2:
+            cell = cells[r["condition"]]
+            assert (r["answer"], r["active_rows"], r["needle_rows_active"]) == (cell["answer"], cell["active_rows"],
+                                                                              cell["needle_rows_active"]), r["condition"]
