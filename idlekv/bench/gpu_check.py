@@ -2,8 +2,9 @@
 
 1. versions and device;
 2. every condition of the engine on the embedded model (fp32, TF32 off) on the CPU and on
-   the GPU: answers, kept rows and needle coverage compared cell by cell; exact-score
-   differences with TF32 off and on;
+   the GPU: answers, kept rows and needle coverage compared cell by cell, for the two-turn
+   grid and for phase04's five-turn session (both variants); exact-score differences with
+   TF32 off and on;
 3. pinned host->device and device->host copy rates against the device's own copy rate;
 4. promote ms at K = 96 / 1024 / 5000 on Qwen2.5-7B-shaped tiers (bf16, fp8, int8), against
    the floor of moving the same bytes over a pinned copy;
@@ -73,6 +74,28 @@ def engine_rows(device: str, samples: int, length: int) -> list[dict]:
     return rows
 
 
+def session_rows(device: str, samples: int) -> list[dict]:
+    """phase04's five-turn session (both variants) on the embedded model."""
+    from idlekv.models import load_model
+    from idlekv.session import SessionConfig, SessionEngine
+    from ruler import generate
+
+    lm = load_model(ROOT / "models/embedded", device=device)
+    burst = (("hi", 5), ("lo", -1))
+    conditions = [Condition("Full", "full"), Condition("Matched", "repair", "rule", "topk", granularity="head"),
+                  Condition("IdleKV", "repair", "exact", "topk_burst", burst), Condition("Random-K", "repair", None, "random"),
+                  Condition("Oldest-K", "repair", None, "oldest")]
+    rule = build_rule("snapkv_reference", sinks=4, recent=16)
+    rows = []
+    for cumulative in (True, False):
+        session = SessionEngine(lm.model, lm.tokenizer, rule, SessionConfig(96, 24, conditions, cumulative=cumulative))
+        for i in range(samples):
+            sample = generate("mq_niah_4q_embedded", 1024, i, lm.tokenizer, base_seed=5, num_keys=8, num_queries=8,
+                              split="schedule", schedule=[[0, 1], [2, 3], [4, 5], [6, 7], [0, 5]], recency_window=64)
+            rows += [{**r, "variant": cumulative} for r in session.run_sample(sample)]
+    return rows
+
+
 def part_equality(device: str, args) -> dict:
     """Every condition on the CPU and on `device`, fp32 with TF32 off; then the exact scores with TF32 on."""
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -85,6 +108,12 @@ def part_equality(device: str, args) -> dict:
     out = {"cells": len(cpu), "conditions": conditions, "cells_differing": len({k for k, _ in differ}),
            "differences": [f"{k}: {f}" for k, f in differ[:20]],
            "accuracy_cpu": sum(r["accuracy"] for r in cpu) / len(cpu), "accuracy_device": sum(r["accuracy"] for r in dev) / len(dev)}
+    turn_key = lambda r: (r["index"], r["variant"], r["condition"], r["turn"])  # noqa: E731
+    cpu_turns = session_rows("cpu", args.samples)
+    dev_turns = {turn_key(r): r for r in session_rows(device, args.samples)}
+    turn_differ = [turn_key(r) for r in cpu_turns if any(r[f] != dev_turns[turn_key(r)][f] for f in fields)]
+    out |= {"session_turns": len(cpu_turns), "session_turns_differing": len(turn_differ),
+            "session_differences": [str(k) for k in turn_differ[:20]]}
     gen = torch.Generator().manual_seed(3)
     keys = [torch.randn(1, 2, 1500, 64, generator=gen) for _ in range(4)]
     queries = [torch.randn(8, 24, 64, generator=gen) for _ in range(4)]
@@ -99,6 +128,8 @@ def part_equality(device: str, args) -> dict:
         diff = max(float((a.cpu() - b).abs().max() / b.abs().max()) for a, b in zip(scores.warm, reference.warm))
         out[f"score_max_rel_diff_tf32_{'on' if tf32 else 'off'}"] = diff
     torch.backends.cuda.matmul.allow_tf32 = False
+    print(f"(2) the five-turn session: {out['session_turns']} (sample, variant, condition, turn) rows, CPU vs {device}: "
+          f"{out['session_turns_differing']} differ", flush=True)
     print(f"(2) {out['cells']} cells x {len(conditions)} conditions, CPU vs {device}: {out['cells_differing']} cells differ "
           f"(accuracy {out['accuracy_cpu']:.3f} vs {out['accuracy_device']:.3f}); exact scores max relative difference "
           f"{out['score_max_rel_diff_tf32_off']:.2e} (TF32 off), {out['score_max_rel_diff_tf32_on']:.2e} (TF32 on)", flush=True)
