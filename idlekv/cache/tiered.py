@@ -139,9 +139,9 @@ class TieredCache:
         reads, and are never absorbed. Otherwise they are concatenated onto a copy."""
         if headroom and not scratch:
             self.active.reserve(headroom)
-        in_place = scratch or not self.active._shared
-        if not in_place or self.active.extra_rows:
+        if self.active.extra_rows:  # transformers needs each layer's rows in one tensor
             self.active.own()
+        in_place = scratch or not self.active._shared
         layer_class, cache = _headroom_layer_class(), _empty_dynamic_cache()
         for i in range(self.num_layers):
             layer = layer_class()

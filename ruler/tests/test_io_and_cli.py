@@ -50,3 +50,18 @@ def test_cli_writes_a_task(tmp_path):
 def test_cli_names_a_bad_task(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ruler", "--task", "nope", "--length", "512", "--out", str(tmp_path / "x.jsonl")], capture_output=True, text=True)
     assert result.returncode != 0 and "unknown task" in result.stderr
+
+
+def test_a_failed_generation_leaves_no_file_and_no_tmp(tmp_path):
+    import pytest
+
+    from ruler.io import write_jsonl
+
+    def samples():
+        raise RuntimeError("the generator failed before its first sample")
+        yield  # pragma: no cover
+
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(RuntimeError):
+        write_jsonl(samples(), out)
+    assert list(tmp_path.iterdir()) == []

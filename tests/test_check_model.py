@@ -1,0 +1,13 @@
+"""make check-model is resumable: a second run finds its samples done and adds no row."""
+
+import json
+
+from idlekv.embedded.check import ROOT, check
+
+
+def test_check_model_resumes_its_rows(tmp_path):
+    first = check(ROOT / "models/embedded", samples=2, length=384, base_seed=2, max_new_tokens=8, run_dir=tmp_path)
+    rows = (tmp_path / "rows.jsonl").read_text().splitlines()
+    assert [json.loads(r)["index"] for r in rows] == [0, 1]
+    again = check(ROOT / "models/embedded", samples=2, length=384, base_seed=2, max_new_tokens=8, run_dir=tmp_path)
+    assert (tmp_path / "rows.jsonl").read_text().splitlines() == rows and again == first
