@@ -7,7 +7,7 @@ temporary file renamed over the old one), and refuses a partial grid unless forc
 Multirun jobs never publish; `make collect` merges their rows and publishes the same way.
 
 Each phase module provides KEY_FIELDS, expected_cells(config) and write_outputs(frame,
-config, csv, figure).
+config, csv, figure) -> the paths it wrote (each through `atomic_path`).
 """
 
 from __future__ import annotations
@@ -52,9 +52,8 @@ def missing_cells(module, config: dict, rows: list[dict]) -> list[tuple]:
 
 
 def write_outputs(module, frame, config: dict, csv: Path, figure: Path) -> list[Path]:
-    with atomic_path(csv) as tmp_csv, atomic_path(figure) as tmp_figure:
-        module.write_outputs(frame, config, tmp_csv, tmp_figure)
-    return [csv, figure]
+    """The phase's outputs for these destinations; each file is written through `atomic_path`."""
+    return module.write_outputs(frame, config, csv, figure)
 
 
 def report_run(store: ResultStore, run_dir: Path, config: dict) -> list[Path]:

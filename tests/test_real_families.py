@@ -100,7 +100,7 @@ def test_phase03_end_to_end_with_every_condition(family, model):
     lm = LoadedModel(model, tok, ModelSpec.from_config(model.config, torch.bfloat16), fam.tokenizer_folder())
     engine = engine_from_config(cfg, lm)
     sample = phase_sample(cfg.phase, "clean", 0, tok)
-    rows = engine.run_sample(sample, {"task": cfg.phase.task, "split": "clean"})
+    rows = engine.run_sample(sample, {"task": cfg.phase.task, "split": "clean"}, wrong=phase_sample(cfg.phase, "clean", 1, tok))
     names = [c["name"] for c in cfg.repair.conditions]
     assert sorted({r["condition"] for r in rows}) == sorted(names)
     assert len(rows) == len(names) * 2

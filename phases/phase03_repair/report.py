@@ -1,17 +1,30 @@
-"""phase03's summary table and frontier figure, built from result rows."""
+"""phase03's summary table (n, mean and a 95% bootstrap interval per cell), paired differences, the
+compact per-sample rows every number re-derives from, and the frontier figure with its intervals.
+
+    python -m phases.phase03_repair.report saved_results/phase03_repair_4q_rows.csv.gz   # re-derive, compare
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-ORDER = ["Full", "Refresh-buffered", "SpanRef-K", "IdleKV", "IdleKV-warm", "Coverage", "Matched", "Random-K", "Oldest-K"]
+from idlekv.intervals import bootstrap, paired
+
+ORDER = ["Full", "Refresh-buffered", "SpanRef-K", "IdleKV+kept-anchors", "IdleKV", "Coverage", "ProxyQ-K", "StaleQ-K",
+         "WrongQ-K", "Matched", "Random-K", "Oldest-K"]
+KEYS = ["task", "split", "B", "K", "condition"]
+# what the compact per-sample rows keep: every column a summary or a paired difference reads
+COMPACT = ["task", "split", "index", "B", "K", "condition", "deployable", "accuracy", "turn1_accuracy", "needle_rows_active",
+           "active_rows", "active_bytes", "warm_bytes", "context_tokens", "score_s", "select_s", "promote_s", "resume_s"]
+BASELINES = ("Matched", "WrongQ-K", "StaleQ-K")  # what a repair's gain is measured against, paired by sample
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean accuracy, bytes and timings per (task, split, B, K, condition)."""
-    keys = ["task", "split", "B", "K", "condition"]
+    """Mean accuracy (n and a 95% bootstrap interval over samples), bytes and timings per (task, split, B, K, condition)."""
+    keys = KEYS
     agg = rows.groupby(keys).agg(
         samples=("index", "count"), accuracy=("accuracy", "mean"), turn1_accuracy=("turn1_accuracy", "mean"),
         needle_rows_active=("needle_rows_active", "mean"), active_rows=("active_rows", "mean"),
@@ -20,7 +33,48 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
         promote_ms=("promote_s", lambda s: 1e3 * s.mean()), resume_ms=("resume_s", lambda s: 1e3 * s.mean()),
         deployable=("deployable", "first"),
     ).reset_index()
+    intervals = rows.groupby(keys)["accuracy"].apply(lambda a: bootstrap(a.to_numpy()))
+    agg["ci_low"] = [intervals[tuple(r)].low for r in agg[keys].itertuples(index=False)]
+    agg["ci_high"] = [intervals[tuple(r)].high for r in agg[keys].itertuples(index=False)]
     return agg.round(4)
+
+
+def paired_differences(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, split, B, K): every condition minus each baseline present, paired by sample, with n and a 95% interval."""
+    out = []
+    for cell, part in rows.groupby(KEYS[:-1]):
+        table = part.pivot_table(index="index", columns="condition", values="accuracy")
+        for baseline in (b for b in BASELINES if b in table.columns):
+            for condition in (c for c in table.columns if c != baseline):
+                both = table[[condition, baseline]].dropna()
+                d = paired(both[condition].to_numpy(), both[baseline].to_numpy())
+                out.append({**dict(zip(KEYS[:-1], cell)), "difference": f"{condition} - {baseline}", "n": d.n,
+                            "mean": round(d.mean, 4), "ci_low": round(d.low, 4), "ci_high": round(d.high, 4)})
+    return pd.DataFrame(out)
+
+
+def compact(rows: pd.DataFrame) -> pd.DataFrame:
+    """The per-sample rows a published summary keeps beside it (no answer text)."""
+    return rows[[c for c in COMPACT if c in rows.columns]].sort_values(["split", "index", "B", "K", "condition"])
+
+
+def companions(csv: Path) -> tuple[Path, Path]:
+    """Where a summary's paired differences and compact rows go: <name>_pairs.csv, <name>_rows.csv.gz."""
+    return csv.with_name(f"{csv.stem}_pairs.csv"), csv.with_name(f"{csv.stem}_rows.csv.gz")
+
+
+def rederive(rows_file: Path) -> bool:
+    """Recompute a published summary and its paired differences from its compact rows; True when identical."""
+    rows = pd.read_csv(rows_file)
+    csv = rows_file.with_name(rows_file.name.removesuffix("_rows.csv.gz") + ".csv")
+    summary, pairs = summarize(rows), paired_differences(rows)
+    same = True
+    for name, frame, path in (("summary", summary, csv), ("paired differences", pairs, companions(csv)[0])):
+        published = pd.read_csv(path)
+        equal = published.equals(pd.read_csv(__import__("io").StringIO(frame.to_csv(index=False))))
+        print(f"{name}: {len(frame)} lines re-derived from {rows_file.name}: {'identical to' if equal else 'DIFFERENT from'} {path.name}")
+        same &= equal
+    return same
 
 
 def write_frontier(summary: pd.DataFrame, path: Path, title: str | None = None) -> Path:
@@ -39,7 +93,9 @@ def write_frontier(summary: pd.DataFrame, path: Path, title: str | None = None) 
                 ax.axhline(line["accuracy"].mean(), color="black", linestyle="--", linewidth=1, label="Full (ceiling)")
                 continue
             style = ":" if not bool(line["deployable"].iloc[0]) or name == "Refresh-buffered" else "-"
-            ax.plot(line["K"], line["accuracy"], style, marker="o", markersize=3, label=name)
+            errors = None if "ci_low" not in line else [line["accuracy"] - line["ci_low"], line["ci_high"] - line["accuracy"]]
+            ax.errorbar(line["K"], line["accuracy"], yerr=errors, fmt=style, marker="o", markersize=3, capsize=2, elinewidth=0.8,
+                        label=name)
         ctx = int(part["context_tokens"].mean())
         ax.set_title(f"{part['task'].iloc[0]}\n{split} split, B={b}, ~{ctx} context tokens", fontsize=9)
         ax.set_xticks(sorted(part["K"].unique()))  # the measured K, not fractional ticks
@@ -49,9 +105,14 @@ def write_frontier(summary: pd.DataFrame, path: Path, title: str | None = None) 
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # outside: the lines fill the panel
     if title:
-        fig.suptitle(title, fontsize=10)
+        n = int(summary["samples"].max())
+        fig.suptitle(f"{title} (n={n} per cell; bars: 95% bootstrap intervals)" if "ci_low" in summary else title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+if __name__ == "__main__":
+    sys.exit(0 if all(rederive(Path(f)) for f in sys.argv[1:]) else 1)

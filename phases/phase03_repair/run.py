@@ -21,8 +21,8 @@ from idlekv.repair.memory import DoesNotFit
 from idlekv.results import ResultStore
 from idlekv.tracking import make_logger
 from phases.common import ROOT, load_phase_model, locked_model, phase_main, rule_for_model
-from phases.phase03_repair.report import summarize, write_frontier
-from phases.publish import report_run
+from phases.phase03_repair.report import compact, companions, paired_differences, summarize, write_frontier
+from phases.publish import atomic_path, report_run
 from ruler import generate
 
 KEY_FIELDS = ("task", "split", "index", "condition", "B", "K")
@@ -38,12 +38,17 @@ def expected_cells(config: dict) -> list[dict]:
             for b in phase["budgets"] for k in phase["ks"]]
 
 
-def write_outputs(frame, config: dict, csv: Path, figure: Path) -> None:
-    """The summary CSV and the frontier figure, from all rows."""
-    summary = summarize(frame)
-    summary.to_csv(csv, index=False)
+def write_outputs(frame, config: dict, csv: Path, figure: Path) -> list[Path]:
+    """The summary CSV (n and 95% intervals), the paired differences, the compact per-sample rows and the
+    frontier figure, from all rows."""
+    summary, (pairs_csv, rows_csv) = summarize(frame), companions(csv)
+    for path, table in ((csv, summary), (pairs_csv, paired_differences(frame)), (rows_csv, compact(frame))):
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, index=False, compression="gzip" if path.suffix == ".gz" else None)
     phase = config["phase"]
-    write_frontier(summary, figure, f"{phase['name']}: {phase['num_keys']} needles")
+    with atomic_path(figure) as tmp:
+        write_frontier(summary, tmp, f"{phase['name']}: {phase['num_keys']} needles, seed {phase['base_seed']}")
+    return [csv, pairs_csv, rows_csv, figure]
 
 
 def phase_sample(phase: DictConfig, label: str, index: int, tokenizer):
@@ -105,13 +110,16 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         work = [(label, i) for label in phase.splits for i in range(phase.num_samples)]
         todo = [(label, i) for label, i in work
                 if not all(store.is_done({"task": phase.task, "split": label, "index": i, "condition": n, "B": b, "K": k}) for n, b, k in cells_per_sample)]
+        uses_wrong = any(c.signal == "wrong" for c in engine.config.conditions)
         for label, index in tqdm(todo, desc=phase.name, unit="sample"):
             sample = phase_sample(phase, label, index, lm.tokenizer)
-            for row in engine.run_sample(sample, {"task": phase.task, "split": label}):
+            # WrongQ-K scores with another sample's next turn, of the same task: one outside the grid
+            wrong = phase_sample(phase, label, index + phase.num_samples, lm.tokenizer) if uses_wrong else None
+            for row in engine.run_sample(sample, {"task": phase.task, "split": label}, wrong=wrong):
                 if not store.is_done(row):
                     store.append(row)
                     logger.log_row(row)
-        csv, figure = report_run(store, run_dir, locked)
+        csv, *_, figure = report_run(store, run_dir, locked)
         store.write_csv(run_dir / "rows.csv")
         logger.log_figure(figure)
         logger.finish()

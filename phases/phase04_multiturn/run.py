@@ -21,7 +21,7 @@ from idlekv.results import ResultStore
 from idlekv.session import SessionConfig, SessionEngine
 from phases.common import ROOT, load_phase_model, locked_model, phase_main, rule_for_model
 from phases.phase04_multiturn.report import summarize, write_figure
-from phases.publish import report_run
+from phases.publish import atomic_path, report_run
 from ruler import generate
 
 KEY_FIELDS = ("task", "index", "variant", "condition", "turn")
@@ -36,11 +36,14 @@ def expected_cells(config: dict) -> list[dict]:
             for t in range(len(phase["schedule"]))]
 
 
-def write_outputs(frame, config: dict, csv: Path, figure: Path) -> None:
+def write_outputs(frame, config: dict, csv: Path, figure: Path) -> list[Path]:
     summary = summarize(frame)
-    summary.to_csv(csv, index=False)
-    write_figure(summary, figure, f"{config['phase']['name']}: {len(config['phase']['schedule'])} turns, "
-                 f"B={config['phase']['budget']}, K={config['phase']['k']}")
+    with atomic_path(csv) as tmp:
+        summary.to_csv(tmp, index=False)
+    with atomic_path(figure) as tmp:
+        write_figure(summary, tmp, f"{config['phase']['name']}: {len(config['phase']['schedule'])} turns, "
+                     f"B={config['phase']['budget']}, K={config['phase']['k']}")
+    return [csv, figure]
 
 
 def phase_sample(phase, index: int, tokenizer):
