@@ -42,6 +42,15 @@ def atomic_path(path: Path):
         tmp.unlink(missing_ok=True)
 
 
+def write_table_and_figure(summary, csv: Path, figure: Path, draw) -> list[Path]:
+    """A summary table and the figure `draw(summary, path)` makes of it, each written atomically."""
+    with atomic_path(csv) as tmp:
+        summary.to_csv(tmp, index=False)
+    with atomic_path(figure) as tmp:
+        draw(summary, tmp)
+    return [csv, figure]
+
+
 def phase_module(config: dict):
     return importlib.import_module(config["phase"]["module"])
 

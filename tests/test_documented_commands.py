@@ -55,10 +55,10 @@ def test_documented_command_runs_dry(doc, command):
         return
     module = words[words.index("-m") + 1]
     assert importlib.util.find_spec(module) is not None, f"{doc}: no module {module}"
-    if not module.startswith("phases."):
-        return
-    overrides = [first_of_sweep(w) for w in words[words.index(module) + 1:]
-                 if w not in ("-m", "--multirun") and not w.startswith(("hydra", "--cfg", "--"))]
+    arguments = words[words.index(module) + 1:]
+    if not module.startswith("phases.") or any("=" not in w and not w.startswith("-") for w in arguments):
+        return  # not a Hydra entry point: it takes plain arguments
+    overrides = [first_of_sweep(w) for w in arguments if w not in ("-m", "--multirun") and not w.startswith(("hydra", "--cfg", "--"))]
     cfg = compose(overrides)
     assert "phase" in cfg, f"{doc}: {command} names no experiment"
     model = ROOT / cfg.model.path / "config.json"

@@ -19,7 +19,7 @@ from idlekv.evaluation import answer_sample
 from idlekv.results import ResultStore
 from phases.common import load_phase_model, locked_model, phase_main
 from phases.phase01_full_cache.report import summarize, write_figure
-from phases.publish import atomic_path, report_run
+from phases.publish import report_run, write_table_and_figure
 from ruler import generate
 from ruler.generation import LengthError
 from ruler.tasks import get_task
@@ -44,12 +44,8 @@ def expected_cells(config: dict) -> list[dict]:
 
 def write_outputs(frame, config: dict, csv: Path, figure: Path) -> list[Path]:
     summary = summarize(frame)
-    with atomic_path(csv) as tmp:
-        summary.to_csv(tmp, index=False)
-    with atomic_path(figure) as tmp:
-        write_figure(summary, tmp)
     print(summary.to_string(index=False))
-    return [csv, figure]
+    return write_table_and_figure(summary, csv, figure, write_figure)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:

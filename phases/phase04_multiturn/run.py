@@ -21,7 +21,7 @@ from idlekv.results import ResultStore
 from idlekv.session import SessionConfig, SessionEngine
 from phases.common import ROOT, load_phase_model, locked_model, phase_main, rule_for_model
 from phases.phase04_multiturn.report import summarize, write_figure
-from phases.publish import atomic_path, report_run
+from phases.publish import report_run, write_table_and_figure
 from ruler import generate
 
 KEY_FIELDS = ("task", "index", "variant", "condition", "turn")
@@ -37,13 +37,9 @@ def expected_cells(config: dict) -> list[dict]:
 
 
 def write_outputs(frame, config: dict, csv: Path, figure: Path) -> list[Path]:
-    summary = summarize(frame)
-    with atomic_path(csv) as tmp:
-        summary.to_csv(tmp, index=False)
-    with atomic_path(figure) as tmp:
-        write_figure(summary, tmp, f"{config['phase']['name']}: {len(config['phase']['schedule'])} turns, "
-                     f"B={config['phase']['budget']}, K={config['phase']['k']}")
-    return [csv, figure]
+    phase = config["phase"]
+    title = f"{phase['name']}: {len(phase['schedule'])} turns, B={phase['budget']}, K={phase['k']}"
+    return write_table_and_figure(summarize(frame), csv, figure, lambda summary, path: write_figure(summary, path, title))
 
 
 def phase_sample(phase, index: int, tokenizer):

@@ -161,13 +161,14 @@ def test_runs_never_touch_tracked_files_and_publishing_is_explicit(tiny_model_di
     assert (tmp_path / "run" / "summary.csv").exists() and (tmp_path / "run" / "figure.png").exists()
     assert not (tmp_path / "published.csv").exists()
     paths = publish(tmp_path / "run")
-    assert [p.name for p in paths] == ["published.csv", "published.png"]
+    assert [p.name for p in paths] == ["published.csv", "published_pairs.csv", "published_rows.csv.gz", "published.png"]
     assert pd.read_csv(tmp_path / "published.csv").equals(pd.read_csv(tmp_path / "run" / "summary.csv"))
     assert not list(tmp_path.glob(".*tmp*"))  # written through a temporary file renamed into place
 
 
 def test_a_partial_grid_is_published_only_when_forced(tmp_path):
-    config = {"phase": {"module": "phases.phase03_repair.run", "name": "p", "task": "t", "num_keys": 4, "splits": {"clean": {}},
+    config = {"phase": {"module": "phases.phase03_repair.run", "name": "p", "task": "t", "num_keys": 4, "base_seed": 7,
+                        "splits": {"clean": {}},
                         "num_samples": 2, "budgets": [8], "ks": [1], "csv": str(tmp_path / "p.csv"),
                         "figure": str(tmp_path / "p.png")},
               "repair": {"conditions": [{"name": "Full"}]}}
