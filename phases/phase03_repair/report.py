@@ -114,5 +114,45 @@ def write_frontier(summary: pd.DataFrame, path: Path, title: str | None = None) 
     return path
 
 
+def write_regime(summary: pd.DataFrame, pairs: pd.DataFrame, path: Path, title: str | None = None,
+                 condition: str = "IdleKV", baseline: str = "Matched") -> Path:
+    """Heatmaps over B (as a share of the context) x K: the condition's accuracy, the baseline's, and
+    their paired gain with its 95% interval written in each cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    context = summary["context_tokens"].mean()
+    budgets, ks = sorted(summary["B"].unique()), sorted(summary["K"].unique())
+    gain = pairs[pairs["difference"] == f"{condition} - {baseline}"].set_index(["B", "K"])
+    acc = summary.set_index(["condition", "B", "K"])
+    panels = [(condition, lambda b, k: acc.loc[(condition, b, k)], "viridis", (0, 1)),
+              (baseline, lambda b, k: acc.loc[(baseline, b, k)], "viridis", (0, 1)),
+              (f"{condition} - {baseline} (paired)", lambda b, k: gain.loc[(b, k)].rename({"mean": "accuracy"}), "RdBu", (-1, 1))]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.9))
+    for ax, (name, cell, cmap, (low, high)) in zip(axes, panels):
+        grid = [[cell(b, k) for k in ks] for b in budgets]
+        image = ax.imshow([[c["accuracy"] for c in row] for row in grid], cmap=cmap, vmin=low, vmax=high, aspect="auto",
+                          origin="lower")
+        for i, row in enumerate(grid):
+            for j, c in enumerate(row):
+                ax.text(j, i, f"{c['accuracy']:.2f}\n[{c['ci_low']:.2f}, {c['ci_high']:.2f}]", ha="center", va="center",
+                        fontsize=6.5, color="white" if cmap == "viridis" and c["accuracy"] < 0.55 else "black")
+        ax.set_xticks(range(len(ks)), [str(k) for k in ks])
+        ax.set_yticks(range(len(budgets)), [f"{b} ({b / context:.0%})" for b in budgets])
+        ax.set_xlabel("K (rows promoted)")
+        ax.set_ylabel("B (share of the context)")
+        ax.set_title(name, fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    if title:
+        n = int(summary["samples"].max())
+        fig.suptitle(f"{title} (n={n} per cell; 95% bootstrap intervals)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
 if __name__ == "__main__":
     sys.exit(0 if all(rederive(Path(f)) for f in sys.argv[1:]) else 1)

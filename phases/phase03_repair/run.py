@@ -21,7 +21,14 @@ from idlekv.repair.memory import DoesNotFit
 from idlekv.results import ResultStore
 from idlekv.tracking import make_logger
 from phases.common import ROOT, load_phase_model, locked_model, phase_main, rule_for_model
-from phases.phase03_repair.report import compact, companions, paired_differences, summarize, write_frontier
+from phases.phase03_repair.report import (
+    compact,
+    companions,
+    paired_differences,
+    summarize,
+    write_frontier,
+    write_regime,
+)
 from phases.publish import atomic_path, report_run
 from ruler import generate
 
@@ -41,13 +48,17 @@ def expected_cells(config: dict) -> list[dict]:
 def write_outputs(frame, config: dict, csv: Path, figure: Path) -> list[Path]:
     """The summary CSV (n and 95% intervals), the paired differences, the compact per-sample rows and the
     frontier figure, from all rows."""
-    summary, (pairs_csv, rows_csv) = summarize(frame), companions(csv)
-    for path, table in ((csv, summary), (pairs_csv, paired_differences(frame)), (rows_csv, compact(frame))):
+    summary, pairs, (pairs_csv, rows_csv) = summarize(frame), paired_differences(frame), companions(csv)
+    for path, table in ((csv, summary), (pairs_csv, pairs), (rows_csv, compact(frame))):
         with atomic_path(path) as tmp:
             table.to_csv(tmp, index=False, compression="gzip" if path.suffix == ".gz" else None)
     phase = config["phase"]
+    title = f"{phase['name']}: {phase['num_keys']} needles, seed {phase['base_seed']}"
     with atomic_path(figure) as tmp:
-        write_frontier(summary, tmp, f"{phase['name']}: {phase['num_keys']} needles, seed {phase['base_seed']}")
+        if phase.get("figure_kind", "frontier") == "regime":
+            write_regime(summary, pairs, tmp, title)
+        else:
+            write_frontier(summary, tmp, title)
     return [csv, pairs_csv, rows_csv, figure]
 
 
