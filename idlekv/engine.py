@@ -194,9 +194,9 @@ class RepairEngine:
                 if ("free", cond.granularity) not in memo:
                     memo[("free", cond.granularity)] = unit_scores([torch.zeros(p.shape) for p in positions], positions, n_ctx, cond.granularity)
                 per_unit, anchor_units = memo[("free", cond.granularity)], None
-            spans = turn_spans(sample, turn)
+            spans, answer_spans = turn_spans(sample, turn), turn_spans(sample, turn, "answer")
             seed = sample.seed + 7919 * k + b + 104729 * (turn - self.config.turn)  # another draw at every pause
-            orders = [selector.order(per_unit[u], ~per_unit[u].isnan(), k, seed=seed, spans=spans,
+            orders = [selector.order(per_unit[u], ~per_unit[u].isnan(), k, seed=seed, spans=spans, answer_spans=answer_spans,
                                      anchor_scores=None if anchor_units is None else anchor_units[u])
                       for u in range(per_unit.shape[0])]
             ranked = rank_heads(orders, positions, slots, cond.granularity, n_ctx, None if selector.k_free else k)

@@ -110,6 +110,8 @@ def annotate_tokens(sample: Sample, tokenizer, rendered: Rendered | None = None)
         needle.token_start, needle.token_end = char_span_to_tokens(offsets, a, b)
         va, vb = needle.value_start + rendered.prompt_offset, needle.value_end + rendered.prompt_offset
         needle.value_token_start, needle.value_token_end = char_span_to_tokens(offsets, va, vb)
+        ka = needle.start + needle.text.rindex(needle.key, 0, needle.value_start - needle.start) + rendered.prompt_offset
+        needle.answer_token_start, needle.answer_token_end = char_span_to_tokens(offsets, min(ka, va), vb)
         needle.depth = needle.token_start / max(len(ids), 1)
     return ids
 

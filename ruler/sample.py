@@ -22,6 +22,8 @@ class Needle:
     token_end: int | None = None
     value_token_start: int | None = None
     value_token_end: int | None = None
+    answer_token_start: int | None = None  # from the key's first token to the value's last: what a turn's answer reads
+    answer_token_end: int | None = None
 
 
 @dataclass

@@ -127,3 +127,14 @@ def test_span_ref_restores_the_annotated_spans():
     order = SpanRefK().order(torch.zeros(100), candidates, 6, spans=[(40, 45), (80, 87)])
     assert set(order[:5].tolist()) == set(range(40, 45))  # only whole spans that fit; then nearest rows
     assert 80 <= order[5].item() < 87  # then the rest of a span that did not fit whole (distance 0)
+
+
+def test_spanref_costs_the_answer_spans_by_default():
+    from idlekv.repair.selectors import SpanRefK
+
+    candidates = torch.ones(60, dtype=torch.bool)
+    sentences, answers = [(10, 24), (40, 54)], [(20, 24), (50, 54)]
+    order = SpanRefK().order(torch.zeros(60), candidates, 8, spans=sentences, answer_spans=answers)
+    assert sorted(order[:8].tolist()) == [20, 21, 22, 23, 50, 51, 52, 53]
+    sentence = SpanRefK(part="sentence").order(torch.zeros(60), candidates, 14, spans=sentences, answer_spans=answers)
+    assert sorted(sentence[:14].tolist()) == list(range(10, 24))

@@ -39,8 +39,11 @@ def batches(pending: list, max_rows: int, headroom: int = 0) -> list[list]:
     return batches + ([current] if current else [])
 
 
-def turn_spans(sample: Sample, turn: int) -> list[tuple[int, int]]:
-    """The token spans [start, end) of the needles the turn asks about (SpanRef-K and the coverage column)."""
+def turn_spans(sample: Sample, turn: int, part: str = "sentence") -> list[tuple[int, int]]:
+    """The token spans [start, end) of the needles the turn asks about: whole needle sentences (the
+    coverage column), or each needle's key through its value (`part="answer"`, what SpanRef-K costs)."""
+    if part == "answer":
+        return [(n.answer_token_start, n.answer_token_end) for n in sample.needles_for_turn(turn)]
     return [(n.token_start, n.token_end) for n in sample.needles_for_turn(turn)]
 
 

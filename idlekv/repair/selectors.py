@@ -128,14 +128,18 @@ class OldestK:
 
 @dataclass
 class SpanRefK:
-    """Benchmark metadata, not deployable: as many whole annotated spans as fit in K (shortest
-    first), then the rows nearest to any span."""
+    """A label-assisted reference, not deployable: as many whole annotated spans as fit in K
+    (shortest first), then the rows nearest to any span. `part`: the spans it costs, each needle's
+    key through its value ("answer", the default) or whole needle sentences ("sentence")."""
 
+    part: str = "answer"
     name = "span_ref"
     needs_scores = False
     k_free = False
 
-    def order(self, scores: torch.Tensor, candidates: torch.Tensor, k: int, spans: Sequence[tuple[int, int]] = (), **_) -> torch.Tensor:
+    def order(self, scores: torch.Tensor, candidates: torch.Tensor, k: int, spans: Sequence[tuple[int, int]] = (),
+              answer_spans: Sequence[tuple[int, int]] = (), **_) -> torch.Tensor:
+        spans = answer_spans if self.part == "answer" else spans
         device = candidates.device
         length = candidates.shape[0]
         chosen, budget = [], k

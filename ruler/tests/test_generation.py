@@ -147,3 +147,15 @@ def test_tagged_needles_put_the_key_right_before_its_value(tokenizer):
     distracted = generate("niah_multikey_2", 512, 0, tokenizer, needle_style="tagged", key_kind="word")
     assert distracted.prompt.count("One of the special magic numbers is: ") > 3
     assert " for " not in distracted.prompt.split("\n", 1)[1]
+
+
+def test_answer_spans_run_from_the_key_to_the_value(tokenizer):
+    from ruler import generate
+    from ruler.render import encode, render
+
+    for task in ("mq_niah_4q", "mq_niah_4q_embedded"):
+        sample = generate(task, 512, 0, tokenizer)
+        ids = encode(tokenizer, render(sample, tokenizer).prompt_text)
+        for n in sample.needles:
+            text = tokenizer.decode(ids[n.answer_token_start : n.answer_token_end])
+            assert n.key in text and n.value in text and n.token_start <= n.answer_token_start < n.answer_token_end <= n.token_end
