@@ -115,7 +115,7 @@ class SessionEngine:
         scores = self.rule.score(self._rule_inputs(traj, n_ctx)).cpu()  # (layers, heads, positions)
         comp = self._compress(traj, first, scores)
         stats.compress_s = time.perf_counter() - start
-        stats.evicted_again = _evicted_again(traj.promoted, comp, n_ctx)
+        stats.evicted_again = _evicted_again(traj.promoted, comp)
         if cfg.k == 0:  # nothing to promote: the compressed cache goes on
             traj.cache, traj.promoted = comp, None
             return stats
@@ -183,9 +183,8 @@ class SessionEngine:
     def _columns(self, sample: Sample, first: TurnOne, cache: TieredCache, turn: int) -> dict:
         """The cache a turn is answered from, measured from its tensors (before the turn's rows join it)."""
         needles = needle_table(turn_spans(sample, turn), cache.seen_tokens, cache.device)
-        turn1_cache = turn == 0  # turn 1 is answered from the prompt alone
-        return {**cache_columns(cache, needles), "warm_rows": cache.warm.rows,
-                "turn_rows": 0 if turn1_cache else cache.rows - _context_rows(cache, first.context_length)}
+        earlier_turns = 0 if turn == 0 else cache.rows - _context_rows(cache, first.context_length)  # turn 1: the prompt only
+        return {**cache_columns(cache, needles), "warm_rows": cache.warm.rows, "turn_rows": earlier_turns}
 
     def _row(self, sample: Sample, first: TurnOne, traj: Trajectory, turn: int, answer: list[int], stats: PauseStats,
              columns: dict, labels: dict | None) -> dict:
@@ -241,7 +240,7 @@ def _slots_of(active_positions: torch.Tensor, chosen: torch.Tensor, n_ctx: int) 
     return torch.cat([context, turns], dim=-1)
 
 
-def _evicted_again(promoted: list[torch.Tensor] | None, comp: TieredCache, n_ctx: int) -> float:
+def _evicted_again(promoted: list[torch.Tensor] | None, comp: TieredCache) -> float:
     """Share of the rows promoted at the last pause that are in the warm tier again after this compression."""
     if promoted is None:
         return 0.0

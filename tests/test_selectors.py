@@ -122,16 +122,14 @@ def test_coverage_prefers_the_densest_window():
 
 def test_span_ref_restores_the_annotated_spans():
     candidates = torch.ones(100, dtype=torch.bool)
-    order = SpanRefK().order(torch.zeros(100), candidates, 12, spans=[(40, 45), (80, 87)])
+    order = SpanRefK(part="sentence").order(torch.zeros(100), candidates, 12, spans=[(40, 45), (80, 87)])
     assert set(order[:12].tolist()) == set(range(40, 45)) | set(range(80, 87))
-    order = SpanRefK().order(torch.zeros(100), candidates, 6, spans=[(40, 45), (80, 87)])
+    order = SpanRefK(part="sentence").order(torch.zeros(100), candidates, 6, spans=[(40, 45), (80, 87)])
     assert set(order[:5].tolist()) == set(range(40, 45))  # only whole spans that fit; then nearest rows
     assert 80 <= order[5].item() < 87  # then the rest of a span that did not fit whole (distance 0)
 
 
 def test_spanref_costs_the_answer_spans_by_default():
-    from idlekv.repair.selectors import SpanRefK
-
     candidates = torch.ones(60, dtype=torch.bool)
     sentences, answers = [(10, 24), (40, 54)], [(20, 24), (50, 54)]
     order = SpanRefK().order(torch.zeros(60), candidates, 8, spans=sentences, answer_spans=answers)
