@@ -177,8 +177,15 @@ def promote_rates(device: str, args, h2d_gbps: float) -> list[dict]:
 
 
 def scoring_times(device: str, args) -> list[dict]:
+    from idlekv.repair.memory import device_memory_bytes
+
     rows = []
     for candidates in args.candidates:
+        needed = 3 * candidates * QWEN_ROW_BYTES // 2  # the keys, then the evicted keys and values gathered beside them
+        if needed > device_memory_bytes(device):
+            print(f"(5) {candidates:,} candidates skipped: they need about {needed / 1e9:.0f} GB on {device}", flush=True)
+            rows.append({"candidates": candidates, "skipped": f"needs about {needed / 1e9:.0f} GB"})
+            continue
         gen = torch.Generator(device=device).manual_seed(0)
         total = candidates + args.active
         keys = [torch.randn(1, KV_HEADS, total, HEAD_DIM, generator=gen, device=device, dtype=torch.bfloat16) for _ in range(LAYERS)]
