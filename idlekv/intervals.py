@@ -33,3 +33,16 @@ def paired(a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: 
     if a.shape != b.shape:
         raise ValueError(f"paired values must align sample by sample; got {a.shape} and {b.shape}")
     return bootstrap(a - b, resamples, seed)
+
+
+def interval_columns(rows, keys: list[str], value: str = "accuracy"):
+    """Per group of `keys` in a per-sample frame: n, the mean of `value` and its 95% bootstrap interval."""
+    import pandas as pd
+
+    lines = []
+    for cell, group in rows.groupby(keys, sort=True):
+        i = bootstrap(group[value].to_numpy())
+        cell = cell if isinstance(cell, tuple) else (cell,)
+        lines.append({**dict(zip(keys, cell)), "n": i.n, value: round(i.mean, 4), "ci_low": round(i.low, 4),
+                      "ci_high": round(i.high, 4)})
+    return pd.DataFrame(lines)

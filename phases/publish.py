@@ -6,8 +6,13 @@ figure from the run's rows into the tracked paths its locked config names, atomi
 temporary file renamed over the old one), and refuses a partial grid unless forced.
 Multirun jobs never publish; `make collect` merges their rows and publishes the same way.
 
-Each phase module provides KEY_FIELDS, expected_cells(config) and write_outputs(frame,
-config, csv, figure) -> the paths it wrote (each through `atomic_path`).
+Each phase module provides KEY_FIELDS, expected_cells(config), tables(frame, config, csv) ->
+{path: table} (the summary with n and 95% intervals, its companions, and the compact per-sample
+rows `<name>_rows.csv.gz` every number re-derives from) and write_outputs(frame, config, csv,
+figure) -> the paths it wrote (each through `atomic_path`). Any published summary re-derives
+from its rows with one command:
+
+    python -m phases.publish --rederive saved_results/phase01_full_cache_rows.csv.gz
 """
 
 from __future__ import annotations
@@ -42,13 +47,54 @@ def atomic_path(path: Path):
         tmp.unlink(missing_ok=True)
 
 
-def write_table_and_figure(summary, csv: Path, figure: Path, draw) -> list[Path]:
-    """A summary table and the figure `draw(summary, path)` makes of it, each written atomically."""
-    with atomic_path(csv) as tmp:
-        summary.to_csv(tmp, index=False)
+def companion(csv: Path, kind: str) -> Path:
+    """Where a summary's companion table goes: <name>_pairs.csv; the per-sample rows, gzipped: <name>_rows.csv.gz."""
+    return csv.with_name(f"{csv.stem}_{kind}.csv" + (".gz" if kind == "rows" else ""))
+
+
+def write_tables(tables: dict) -> list[Path]:
+    """Each table to its path, atomically (gzip where the path ends in .gz)."""
+    for path, table in tables.items():
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, index=False, compression="gzip" if path.suffix == ".gz" else None)
+    return list(tables)
+
+
+def write_tables_and_figure(tables: dict, figure: Path, draw) -> list[Path]:
+    """The tables (the first is the summary) and the figure `draw(summary, path)` makes, each written atomically."""
+    written = write_tables(tables)
     with atomic_path(figure) as tmp:
-        draw(summary, tmp)
-    return [csv, figure]
+        draw(next(iter(tables.values())), tmp)
+    return [*written, figure]
+
+
+def experiment_of(rows_file: Path) -> dict:
+    """The locked config of the experiment whose rows these are (configs/experiment/<name>.yaml)."""
+    from omegaconf import OmegaConf
+
+    from idlekv.config import compose
+
+    name = rows_file.name.removesuffix("_rows.csv.gz")
+    return OmegaConf.to_container(compose([f"experiment={name}"]), resolve=True)
+
+
+def rederive(rows_file: Path) -> bool:
+    """Recompute every published table of an experiment from its compact rows; True when all are identical."""
+    import io
+
+    import pandas as pd
+
+    rows_file = Path(rows_file)
+    config = experiment_of(rows_file)
+    csv = rows_file.with_name(rows_file.name.removesuffix("_rows.csv.gz") + ".csv")
+    same = True
+    for path, table in phase_module(config).tables(pd.read_csv(rows_file), config, csv).items():
+        if path == rows_file:
+            continue
+        equal = pd.read_csv(path).equals(pd.read_csv(io.StringIO(table.to_csv(index=False))))
+        print(f"{path.name}: {len(table)} lines re-derived from {rows_file.name}: {'identical' if equal else 'DIFFERENT'}")
+        same &= equal
+    return same
 
 
 def phase_module(config: dict):
@@ -96,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a run folder, e.g. runs/phase03_repair_4q")
     parser.add_argument("--force", action="store_true", help="publish a grid with cells still missing")
+    parser.add_argument("--rederive", action="store_true",
+                        help="run_dir is a published rows file (saved_results/<name>_rows.csv.gz): recompute its tables and compare")
     args = parser.parse_args(argv)
+    if args.rederive:
+        return 0 if rederive(Path(args.run_dir)) else 1
     try:
         paths = publish(args.run_dir, args.force)
     except PublishError as err:

@@ -18,8 +18,8 @@ from idlekv.environment import environment
 from idlekv.evaluation import answer_sample
 from idlekv.results import ResultStore
 from phases.common import load_phase_model, locked_model, phase_main
-from phases.phase01_full_cache.report import summarize, write_figure
-from phases.publish import report_run, write_table_and_figure
+from phases.phase01_full_cache.report import compact, summarize, write_figure
+from phases.publish import companion, report_run, write_tables_and_figure
 from ruler import generate
 from ruler.generation import LengthError
 from ruler.tasks import get_task
@@ -42,10 +42,16 @@ def expected_cells(config: dict) -> list[dict]:
     return cells(OmegaConf.create(config["phase"]))
 
 
+def tables(frame, config: dict, csv: Path) -> dict:
+    """The summary (n, 95% intervals) and the compact per-sample rows it re-derives from."""
+    return {csv: summarize(frame), companion(csv, "rows"): compact(frame)}
+
+
 def write_outputs(frame, config: dict, csv: Path, figure: Path) -> list[Path]:
-    summary = summarize(frame)
-    print(summary.to_string(index=False))
-    return write_table_and_figure(summary, csv, figure, write_figure)
+    out = tables(frame, config, csv)
+    print(out[csv].to_string(index=False))
+    title = f"{config['phase']['name']}: seed {config['phase']['base_seed']}"
+    return write_tables_and_figure(out, figure, lambda summary, path: write_figure(summary, path, title))
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:

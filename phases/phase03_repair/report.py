@@ -1,12 +1,11 @@
 """phase03's summary table (n, mean and a 95% bootstrap interval per cell), paired differences, the
 compact per-sample rows every number re-derives from, and the frontier figure with its intervals.
 
-    python -m phases.phase03_repair.report saved_results/phase03_repair_4q_rows.csv.gz   # re-derive, compare
+    python -m phases.publish --rederive saved_results/phase03_repair_4q_rows.csv.gz   # re-derive, compare
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -56,25 +55,6 @@ def paired_differences(rows: pd.DataFrame) -> pd.DataFrame:
 def compact(rows: pd.DataFrame) -> pd.DataFrame:
     """The per-sample rows a published summary keeps beside it (no answer text)."""
     return rows[[c for c in COMPACT if c in rows.columns]].sort_values(["split", "index", "B", "K", "condition"])
-
-
-def companions(csv: Path) -> tuple[Path, Path]:
-    """Where a summary's paired differences and compact rows go: <name>_pairs.csv, <name>_rows.csv.gz."""
-    return csv.with_name(f"{csv.stem}_pairs.csv"), csv.with_name(f"{csv.stem}_rows.csv.gz")
-
-
-def rederive(rows_file: Path) -> bool:
-    """Recompute a published summary and its paired differences from its compact rows; True when identical."""
-    rows = pd.read_csv(rows_file)
-    csv = rows_file.with_name(rows_file.name.removesuffix("_rows.csv.gz") + ".csv")
-    summary, pairs = summarize(rows), paired_differences(rows)
-    same = True
-    for name, frame, path in (("summary", summary, csv), ("paired differences", pairs, companions(csv)[0])):
-        published = pd.read_csv(path)
-        equal = published.equals(pd.read_csv(__import__("io").StringIO(frame.to_csv(index=False))))
-        print(f"{name}: {len(frame)} lines re-derived from {rows_file.name}: {'identical to' if equal else 'DIFFERENT from'} {path.name}")
-        same &= equal
-    return same
 
 
 def write_frontier(summary: pd.DataFrame, path: Path, title: str | None = None) -> Path:
@@ -152,7 +132,3 @@ def write_regime(summary: pd.DataFrame, pairs: pd.DataFrame, path: Path, title: 
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
-
-
-if __name__ == "__main__":
-    sys.exit(0 if all(rederive(Path(f)) for f in sys.argv[1:]) else 1)

@@ -21,15 +21,8 @@ from idlekv.repair.memory import DoesNotFit
 from idlekv.results import ResultStore
 from idlekv.tracking import make_logger
 from phases.common import ROOT, load_phase_model, locked_model, phase_main, rule_for_model
-from phases.phase03_repair.report import (
-    compact,
-    companions,
-    paired_differences,
-    summarize,
-    write_frontier,
-    write_regime,
-)
-from phases.publish import atomic_path, report_run
+from phases.phase03_repair.report import compact, paired_differences, summarize, write_frontier, write_regime
+from phases.publish import atomic_path, companion, report_run, write_tables
 from ruler import generate
 
 KEY_FIELDS = ("task", "split", "index", "condition", "B", "K")
@@ -45,13 +38,16 @@ def expected_cells(config: dict) -> list[dict]:
             for b in phase["budgets"] for k in phase["ks"]]
 
 
+def tables(frame, config: dict, csv: Path) -> dict:
+    """The summary (n and 95% intervals), the paired differences and the compact per-sample rows."""
+    return {csv: summarize(frame), companion(csv, "pairs"): paired_differences(frame), companion(csv, "rows"): compact(frame)}
+
+
 def write_outputs(frame, config: dict, csv: Path, figure: Path) -> list[Path]:
-    """The summary CSV (n and 95% intervals), the paired differences, the compact per-sample rows and the
-    frontier figure, from all rows."""
-    summary, pairs, (pairs_csv, rows_csv) = summarize(frame), paired_differences(frame), companions(csv)
-    for path, table in ((csv, summary), (pairs_csv, pairs), (rows_csv, compact(frame))):
-        with atomic_path(path) as tmp:
-            table.to_csv(tmp, index=False, compression="gzip" if path.suffix == ".gz" else None)
+    """The tables and the frontier (or regime) figure, from all rows."""
+    out = tables(frame, config, csv)
+    written = write_tables(out)
+    summary, pairs = out[csv], out[companion(csv, "pairs")]
     phase = config["phase"]
     title = f"{phase['name']}: {phase['num_keys']} needles, seed {phase['base_seed']}"
     with atomic_path(figure) as tmp:
@@ -59,7 +55,7 @@ def write_outputs(frame, config: dict, csv: Path, figure: Path) -> list[Path]:
             write_regime(summary, pairs, tmp, title)
         else:
             write_frontier(summary, tmp, title)
-    return [csv, pairs_csv, rows_csv, figure]
+    return [*written, figure]
 
 
 def phase_sample(phase: DictConfig, label: str, index: int, tokenizer):

@@ -13,6 +13,13 @@ import pandas as pd  # noqa: E402
 from idlekv.intervals import bootstrap, paired  # noqa: E402
 
 BASELINE = "Matched"
+# the per-sample rows published beside the summary: every column it reads, and the rows each turn held
+COMPACT = ["variant", "condition", "turn", "index", "accuracy", "needle_rows_active", "warm_rows", "active_rows", "evicted_again",
+           "turn_rows", "score_s", "select_s", "promote_s"]
+
+
+def compact(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[[c for c in COMPACT if c in rows.columns]].sort_values(["variant", "condition", "index", "turn"])
 
 
 def _later_turns(rows: pd.DataFrame) -> pd.Series:

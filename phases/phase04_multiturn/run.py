@@ -20,8 +20,8 @@ from idlekv.repair.conditions import Condition
 from idlekv.results import ResultStore
 from idlekv.session import SessionConfig, SessionEngine
 from phases.common import ROOT, load_phase_model, locked_model, phase_main, rule_for_model
-from phases.phase04_multiturn.report import summarize, write_figure
-from phases.publish import report_run, write_table_and_figure
+from phases.phase04_multiturn.report import compact, summarize, write_figure
+from phases.publish import companion, report_run, write_tables_and_figure
 from ruler import generate
 
 KEY_FIELDS = ("task", "index", "variant", "condition", "turn")
@@ -36,10 +36,15 @@ def expected_cells(config: dict) -> list[dict]:
             for t in range(len(phase["schedule"]))]
 
 
+def tables(frame, config: dict, csv: Path) -> dict:
+    """The summary (n, 95% intervals, paired differences) and the compact per-sample rows it re-derives from."""
+    return {csv: summarize(frame), companion(csv, "rows"): compact(frame)}
+
+
 def write_outputs(frame, config: dict, csv: Path, figure: Path) -> list[Path]:
     phase = config["phase"]
     title = f"{phase['name']}: {len(phase['schedule'])} turns, B={phase['budget']}, K={phase['k']}"
-    return write_table_and_figure(summarize(frame), csv, figure, lambda summary, path: write_figure(summary, path, title))
+    return write_tables_and_figure(tables(frame, config, csv), figure, lambda summary, path: write_figure(summary, path, title))
 
 
 def phase_sample(phase, index: int, tokenizer):
@@ -81,7 +86,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
                     if not store.is_done(row):
                         store.append(row)
         store.write_csv(run_dir / "rows.csv")
-        csv, figure = report_run(store, run_dir, locked)
+        csv = report_run(store, run_dir, locked)[0]
     print(summarize(store.to_frame()).to_string(index=False))
     print(f"wrote {csv.relative_to(ROOT) if csv.is_relative_to(ROOT) else csv} (make publish PHASE={phase.name} publishes it)")
     return csv

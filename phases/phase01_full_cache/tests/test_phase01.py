@@ -16,8 +16,10 @@ def test_phase01_runs_resumes_and_reports(tiny_model_dir, tmp_path):
     ])
     csv = run(cfg, tmp_path / "run")
     summary = pd.read_csv(csv)
-    assert list(summary["num_keys"]) == [2, 4] and list(summary["samples"]) == [2, 2]
+    assert list(summary["num_keys"]) == [2, 4] and list(summary["n"]) == [2, 2]
     assert summary["accuracy"].between(0, 1).all()
+    assert (summary["ci_low"] <= summary["accuracy"]).all() and (summary["accuracy"] <= summary["ci_high"]).all()
+    assert len(pd.read_csv(tmp_path / "run" / "summary_rows.csv.gz")) == 4  # the per-sample rows beside the summary
     assert (tmp_path / "run" / "figure.png").stat().st_size > 0
     assert not (tmp_path / "phase01.csv").exists()  # nothing is published unless asked
     rows = (tmp_path / "run" / "rows.jsonl").read_text().splitlines()
