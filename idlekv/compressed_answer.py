@@ -18,7 +18,7 @@ import torch
 
 from idlekv.attention import capture_queries
 from idlekv.cache import MixedPrecisionCache, TieredCache
-from idlekv.cache.row_mask import padded_selection, row_masks
+from idlekv.cache.row_mask import row_masks
 from idlekv.generation import run_turn, stop_token_ids
 from idlekv.models import returned_cache
 from idlekv.retention.base import RetentionInputs, RetentionRule
@@ -53,7 +53,7 @@ class CompressedQuestion:
         self.inputs = RetentionInputs([self.root.active.keys(i)[0] for i in range(layers)],
                                       [self.root.active.positions(i)[0] for i in range(layers)],
                                       [q[:, window.start - offset : window.stop - offset] for q in queries], torch.arange(len(head))[window], n,
-                                      [q[:, :n] for q in queries] if prefill_queries else None)
+                                      queries if prefill_queries else None)  # query-aware: the question's queries too
         self.rest = question[-1:] if query_aware else question
         self._shares_of: dict[int, torch.Tensor] = {}  # tri-state rules' layer shares, by rule
 
@@ -65,26 +65,17 @@ class CompressedQuestion:
         scores = rule.score(self.inputs)
         score_s = time.perf_counter() - start
         rows = []
-        tri_state = getattr(rule, "tri_state", False)
-        shares = self._shares(rule) if tri_state else None
-        ragged = hasattr(rule, "head_budgets")
+        shares = self._shares(rule) if getattr(rule, "tri_state", False) else None
         for budget in budgets:
             cache = root.fork()
             start = time.perf_counter()
-            plan = rule.plan(self.inputs, budget, scores, shares) if tri_state else None
-            valid = None
-            if tri_state:
-                keep = plan.keep
-            elif ragged:  # per-layer / per-head budgets: padded to the largest, padding masked
-                head_budgets = rule.head_budgets(scores, budget)
-                keep, valid = padded_selection(rule.ranking(scores), head_budgets)
-            else:
-                keep = rule.select(scores, budget)
+            plan = rule.plan(self.inputs, budget, scores, shares)
+            keep, valid = plan.keep, plan.valid  # ragged budgets: padded to the widest, the padding masked
             tail = torch.arange(n, root.rows, device=keep.device).expand(keep.shape[1], -1)
             cache.compress([torch.cat([keep[layer], tail], dim=-1) for layer in range(root.num_layers)])
-            if tri_state:  # the middle tier is stored quantized; the question's rows stay full
+            if plan.tri_state:  # the middle tier is stored quantized; the question's rows stay full
                 full = [torch.cat([plan.full[layer], torch.ones_like(tail, dtype=torch.bool)], dim=-1) for layer in range(root.num_layers)]
-                cache = MixedPrecisionCache.from_tiered(cache, full, rule.precision)
+                cache = MixedPrecisionCache.from_tiered(cache, full, plan.precision)
             compress_s = time.perf_counter() - start
             # Measured from the tensors held, before the question's rows join.
             active_bytes, allocated = self._bytes(cache, len(tail[0]))

@@ -50,7 +50,7 @@ class TurnOne:
     window_queries: list[torch.Tensor]  # per layer (query_heads, w, d): the observation window
     window_positions: torch.Tensor
     question_queries: list[torch.Tensor]  # the turn-1 question's queries (the "stale" signal)
-    prefill_queries: list[torch.Tensor] | None = None  # every context token's queries, for rules that read them
+    prefill_queries: list[torch.Tensor] | None = None  # every query so far (context, turn 1), for rules that read them
 
     def rule_inputs(self) -> RetentionInputs:
         root = self.root
@@ -149,6 +149,8 @@ class RepairEngine:
         window = {"question": slice(0, len(turn1)), "answer": slice(len(turn1), None), "both": slice(0, None)}[self.config.window]
         if positions[window].numel() == 0:  # an empty answer leaves no answer window: fall back to the question
             window = slice(0, len(turn1))
+        if prefill_queries is not None:  # H2O accumulates turn 1's queries (question and answer) too, as decoding does
+            prefill_queries = [torch.cat([p, q.to(p.device)], dim=1) for p, q in zip(prefill_queries, queries)]
         return TurnOne(root, n, answer, turn_ids, budgets, [q[:, window] for q in queries], positions[window],
                        [q[:, : len(turn1)] for q in queries], prefill_queries)
 

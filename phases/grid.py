@@ -88,7 +88,7 @@ def validate_grid(cfg: DictConfig, max_positions: int | None) -> None:
     if ("budgets" in phase or "budget" in phase) and "retention" in cfg:
         _check(errors, "retention.name", cfg.retention.name, cfg.retention.name in RULES, f"allowed: {', '.join(sorted(RULES))}")
     configs = sorted(p.stem for p in (CONFIG_DIR / "retention").glob("*.yaml"))
-    for rule in _ints(phase.get("rules", [])):
+    for rule in [] if phase.get("rules") == "all" else _ints(phase.get("rules", [])):
         _check(errors, "phase.rules", rule, rule in configs, f"allowed: {', '.join(configs)} (configs/retention/)")
     if errors:
         raise GridError("\n".join(errors))

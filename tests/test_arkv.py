@@ -64,13 +64,13 @@ def test_quantized_rows_cost_their_bytes_and_little_accuracy(tiny_model, token_i
 def test_plan_keeps_the_budget_protects_the_recent_rows_and_follows_layer_shares(tiny_model, token_ids):
     rule = ARKV(sinks=2, recent=4, protected=6)
     _, plan, _, x = compressed(tiny_model, token_ids, rule)
-    assert plan.keep.shape[-1] == BUDGET and float(plan.shares.max()) == pytest.approx(1.0)
+    assert plan.keep.shape[-1] == BUDGET and float(rule.layer_shares(x).max()) == pytest.approx(1.0)
     assert torch.equal(plan.keep, rule.keep(x, BUDGET))
     protected = plan.keep >= CONTEXT - 6
     assert bool(plan.full[protected].all())
     for layer in range(plan.keep.shape[0]):
         counts = plan.full[layer].sum(-1)
-        expected = max(int(protected[layer].sum(-1).max()), round(float(plan.shares[layer]) * BUDGET))
+        expected = max(int(protected[layer].sum(-1).max()), round(float(rule.layer_shares(x)[layer]) * BUDGET))
         assert counts.tolist() == [expected] * counts.numel()
 
 

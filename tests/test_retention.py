@@ -61,8 +61,10 @@ def test_reference_snapkv_is_the_windows_keys_as_queries_shared_by_every_head(ag
 def test_snapkv_pooling_spreads_a_peak_to_its_neighbours():
     peak = torch.zeros(2, 32)
     peak[:, 10] = 1.0
-    pooled = SnapKV(kernel=5)._pool(peak)
+    pooled = SnapKV(kernel=5, pooling="max")._pool(peak)
     assert torch.equal(pooled[0, 8:13], torch.ones(5)) and pooled[0, 7] == 0 and pooled[0, 13] == 0
+    averaged = SnapKV(kernel=5)._pool(peak)  # the paper's: the peak's mass shared by its 5 neighbours
+    assert torch.allclose(averaged[0, 8:13], torch.full((5,), 0.2)) and averaged[0, 7] == 0
 
 
 @pytest.mark.parametrize("rule", [SnapKV(sinks=2, recent=4), StreamingLLM(sinks=2, recent=4)])

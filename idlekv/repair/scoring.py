@@ -199,3 +199,10 @@ def score_rows(cache: TieredCache, queries: list[torch.Tensor], chunk_rows: int 
 def proxy_queries(new_keys: list[torch.Tensor]) -> list[torch.Tensor]:
     """Proxy signal: the next-turn tokens' key rows (per layer (1, H, T, d)) used as queries."""
     return [k[0] for k in new_keys]
+
+
+def centered_proxy_queries(new_keys: list[torch.Tensor], cache: TieredCache) -> list[torch.Tensor]:
+    """The proxy's queries minus each head's mean active key: a key-as-query's dot product with a
+    row otherwise rewards the row's alignment with the direction every key shares (the mean)."""
+    return [k[0] - cache.active.keys(layer)[0].float().mean(dim=1, keepdim=True).to(k.dtype)
+            for layer, k in enumerate(new_keys)]

@@ -18,7 +18,7 @@ import torch
 from idlekv.attention import capture_queries
 from idlekv.cache import TieredCache
 from idlekv.models import with_cache
-from idlekv.repair.scoring import RowScores, proxy_queries, score_rows
+from idlekv.repair.scoring import RowScores, centered_proxy_queries, proxy_queries, score_rows
 
 
 @dataclass
@@ -97,6 +97,12 @@ def exact_signal(x: PauseInputs) -> tuple[RowScores, float]:
 def proxy_signal(x: PauseInputs) -> tuple[RowScores, float]:
     _, keys, forward = x.forward(x.turn_ids)
     return score_rows(x.comp, proxy_queries(keys), x.chunk_rows), forward
+
+
+@signal("proxy_centered")
+def centered_proxy_signal(x: PauseInputs) -> tuple[RowScores, float]:
+    _, keys, forward = x.forward(x.turn_ids)
+    return score_rows(x.comp, centered_proxy_queries(keys, x.comp), x.chunk_rows), forward
 
 
 @signal("stale")

@@ -13,14 +13,14 @@ from idlekv.retention.pyramidkv import PyramidKV
 from idlekv.retention.random_rule import RandomRule
 from idlekv.retention.recent_window import RecentWindow
 from idlekv.retention.scissorhands import Scissorhands
-from idlekv.retention.snapkv import SnapKV
+from idlekv.retention.snapkv import SnapKV, SnapKVMax
 from idlekv.retention.snapkv_reference import ReferenceSnapKV
 from idlekv.retention.streaming_llm import StreamingLLM
 from idlekv.retention.tova import TOVA
 
 RULES: dict[str, type[RetentionRule]] = {
     cls.name: cls
-    for cls in (ARKV, KeepAll, RecentWindow, StreamingLLM, H2O, Scissorhands, SnapKV, ReferenceSnapKV, TOVA, Knorm, KeyDiff, RandomRule, KVMirrorHybrid,
+    for cls in (ARKV, KeepAll, RecentWindow, StreamingLLM, H2O, Scissorhands, SnapKV, SnapKVMax, ReferenceSnapKV, TOVA, Knorm, KeyDiff, RandomRule, KVMirrorHybrid,
                 LearnedRelevance, PyramidKV, AdaKV)
 }
 
@@ -34,4 +34,4 @@ def build_rule(name: str, **options) -> RetentionRule:
 
 
 __all__ = ["ARKV", "AdaKV", "PyramidKV", "H2O", "RULES", "TOVA", "BudgetError", "KVMirrorHybrid", "KeepAll", "LearnedRelevance", "KeyDiff", "Knorm", "RandomRule", "RecentWindow", "ReferenceSnapKV",
-           "RetentionInputs", "RetentionRule", "Scissorhands", "SnapKV", "StreamingLLM", "build_rule"]
+           "RetentionInputs", "RetentionRule", "Scissorhands", "SnapKV", "SnapKVMax", "StreamingLLM", "build_rule"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from idlekv.retention.attention_stats import pool_positions, window_attention, window_scores
-from idlekv.retention.base import RetentionInputs, RetentionRule
+from idlekv.retention.base import RetentionInputs, RetentionPlan, RetentionRule
 
 QUANT_BYTES = {"fp8": 1, "int8": 1}
 SCALE_BYTES = 4  # one float32 scale per quantized row, for keys and for values
@@ -37,13 +37,6 @@ def attention_shape(attn: torch.Tensor, visible: torch.Tensor) -> tuple[float, f
     var = (centred**2).sum(-1) / n
     kurt = (centred**4).sum(-1) / n / var.clamp_min(1e-20) ** 2
     return float(entropy.mean()), float(var.mean()), float(kurt.mean())
-
-
-@dataclass
-class ARKVPlan:
-    keep: torch.Tensor  # (layers, kv_heads, budget) context positions kept, ascending
-    full: torch.Tensor  # (layers, kv_heads, budget) bool: which of them stay in full precision
-    shares: torch.Tensor  # (layers,) full-precision share per layer
 
 
 @dataclass
@@ -83,13 +76,15 @@ class ARKV(RetentionRule):
         return oq / oq.max().clamp_min(1e-20)
 
     def plan(self, inputs: RetentionInputs, budget: int, scores: torch.Tensor | None = None,
-             shares: torch.Tensor | None = None) -> ARKVPlan:
-        """Rows kept and which stay full precision; `scores` / `shares` computed once may be
-        passed in when several budgets are planned for the same inputs."""
+             shares: torch.Tensor | None = None) -> RetentionPlan:
+        """Rows kept and which stay full precision (all of them when not tri-state); `scores` /
+        `shares` computed once may be passed in when several budgets are planned for the same inputs."""
         if inputs.window_queries is None:
             raise ValueError(f"{self.name} needs an observation window (window queries)")
         scores = self.score(inputs) if scores is None else scores
         keep = self.select(scores, budget)
+        if not self.tri_state:
+            return RetentionPlan(keep)
         shares = self.layer_shares(inputs) if shares is None else shares
         layers, heads, _ = keep.shape
         full = torch.zeros_like(keep, dtype=torch.bool)
@@ -99,7 +94,7 @@ class ARKV(RetentionRule):
             kept_scores = scores[layer].gather(-1, keep[layer]).masked_fill(protected[layer], float("inf"))
             top = kept_scores.argsort(dim=-1, descending=True, stable=True)[:, :n_full]
             full[layer].scatter_(-1, top, True)
-        return ARKVPlan(keep, full, shares)
+        return RetentionPlan(keep, full=full, precision=self.precision)
 
     def budget_for_bytes(self, inputs: RetentionInputs, bytes_per_head_layer: float, head_dim: int, element_size: int,
                          shares: torch.Tensor | None = None) -> int:

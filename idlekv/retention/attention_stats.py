@@ -38,15 +38,16 @@ def group_mean(values: torch.Tensor, kv_heads: int) -> torch.Tensor:
     return values.reshape(kv_heads, -1, *values.shape[1:]).mean(dim=1)
 
 
-def pool_positions(scores: torch.Tensor, kernel: int, mode: str = "max") -> torch.Tensor:
-    """Smooth (heads, positions) scores along positions with a 1-D kernel (odd), keeping the length."""
+def pool_positions(scores: torch.Tensor, kernel: int, mode: str = "max", count_pad: bool = True) -> torch.Tensor:
+    """Smooth (heads, positions) scores along positions with a 1-D kernel (odd), keeping the length;
+    average pooling counts the zero padding at the edges (torch's default, SnapKV's code) unless told not to."""
     if kernel <= 1:
         return scores
     x, pad = scores[:, None, :], kernel // 2
     if mode == "max":
         return torch.nn.functional.max_pool1d(x, kernel, stride=1, padding=pad)[:, 0]
     if mode == "avg":
-        return torch.nn.functional.avg_pool1d(x, kernel, stride=1, padding=pad, count_include_pad=False)[:, 0]
+        return torch.nn.functional.avg_pool1d(x, kernel, stride=1, padding=pad, count_include_pad=count_pad)[:, 0]
     raise ValueError(f"pooling {mode!r} not in ('max', 'avg')")
 
 

@@ -4,6 +4,11 @@ A rule scores the context rows of each (layer, KV head); `select` keeps the sink
 first rows), the recent window (the last context rows), and the best-scored rest up to the
 budget. Budgets count context rows only; rows after the context (a turn's question and
 answer, the "tail") are kept outside the budget by the engine.
+
+`plan` is what every caller uses (phase02's compressed answer, the repair engine): the rows to
+hold per (layer, KV head), which of them the budgets keep (ragged rules: PyramidKV per layer,
+AdaKV per head, padded to the widest and the padding masked) and which stay in full precision
+(tri-state rules: ARKV).
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ class RetentionInputs:
     window (e.g. the turn-1 question or answer), or None for query-agnostic rules;
     window_positions: (w,) positions of those queries; context_length: rows at positions
     [0, context_length) are the context the budget applies to; prefill_queries[l]:
-    (query_heads, context_length, head_dim) post-RoPE queries of every context token, given
-    only to rules with `needs_prefill_queries` (H2O, Scissorhands).
+    (query_heads, t, head_dim) post-RoPE queries of every token seen so far, at positions
+    [0, t): the context, then (query-aware) the question and whatever turn came after it;
+    given only to rules with `needs_prefill_queries` (H2O, Scissorhands).
     """
 
     keys: list[torch.Tensor]
@@ -44,6 +50,24 @@ class RetentionInputs:
 
 
 @dataclass
+class RetentionPlan:
+    """What a rule keeps at one budget."""
+
+    keep: torch.Tensor  # (layers, kv_heads, width) context positions held, ascending per head
+    valid: torch.Tensor | None = None  # (layers, kv_heads, width) bool: kept by the budgets (False: padding); None = all
+    full: torch.Tensor | None = None  # (layers, kv_heads, width) bool: stays full precision; None = all
+    precision: str | None = None  # the storage of the rows not `full` (fp8 | int8)
+
+    @property
+    def ragged(self) -> bool:
+        return self.valid is not None
+
+    @property
+    def tri_state(self) -> bool:
+        return self.full is not None
+
+
+@dataclass
 class RetentionRule:
     """Base class: subclasses implement `score`. Higher scores are kept first."""
 
@@ -53,6 +77,7 @@ class RetentionRule:
     name = "base"
     needs_window = False
     needs_prefill_queries = False
+    needs_trained_probe = False  # a rule that reads weights trained beside the model (make probe)
 
     def score(self, inputs: RetentionInputs) -> torch.Tensor:
         """(layers, kv_heads, context_length) scores of the context rows, by position."""
@@ -80,6 +105,21 @@ class RetentionRule:
         """(layers, kv_heads, budget) context positions to keep, ascending."""
         self.check_budget(budget, scores.shape[-1])
         return self.ranking(scores)[..., :budget].sort(dim=-1).values
+
+    def head_budgets(self, scores: torch.Tensor, budget: int) -> torch.Tensor | None:
+        """(layers, kv_heads) rows per head averaging `budget`, for rules whose budgets are ragged; None = `budget` everywhere."""
+        return None
+
+    def plan(self, inputs: RetentionInputs, budget: int, scores: torch.Tensor | None = None, shares=None) -> RetentionPlan:
+        """The rows held at `budget`; `scores` computed once may be passed in when several budgets share the inputs."""
+        scores = self.score(inputs) if scores is None else scores
+        budgets = self.head_budgets(scores, budget)
+        if budgets is None:
+            return RetentionPlan(self.select(scores, budget))
+        from idlekv.cache.row_mask import padded_selection
+
+        keep, valid = padded_selection(self.ranking(scores), budgets)
+        return RetentionPlan(keep, valid)
 
     def keep(self, inputs: RetentionInputs, budget: int) -> torch.Tensor:
         if self.needs_window and inputs.window_queries is None:

@@ -1,5 +1,6 @@
 """H2O (Zhang et al., 2023, https://arxiv.org/abs/2306.14048): keep the heavy hitters, the rows
-with the most attention accumulated over every query of the prefill, plus a recent window.
+with the most attention accumulated over every query seen (the prefill's, and query-aware the
+question's, as decoding accumulates them), plus a recent window.
 
 The accumulated sum favours early rows (they are seen by more queries); that bias is the
 paper's, so it is kept; `normalize=True` divides by the number of queries that saw each row.
@@ -16,7 +17,7 @@ from idlekv.retention.base import RetentionInputs, RetentionRule, context_scores
 
 
 def accumulated_attention(inputs: RetentionInputs, layer: int, chunk: int, normalize: bool) -> torch.Tensor:
-    """(kv_heads, context_length): attention each context row received from all prefill queries."""
+    """(kv_heads, context_length): attention each context row received from every query seen."""
     keys, positions = inputs.keys[layer], inputs.positions[layer]
     queries = inputs.prefill_queries[layer]
     q_pos = torch.arange(queries.shape[1])

@@ -40,6 +40,6 @@ class KVMirrorHybrid(RetentionRule):
         for layer in range(inputs.num_layers):
             keys, positions = inputs.keys[layer], inputs.positions[layer]
             attention = window_scores(inputs, layer, lambda a: a.sum(dim=1))
-            novelty = context_scores(key_novelty(keys, positions, inputs.context_length), positions, inputs.context_length)
+            novelty = context_scores(key_novelty(keys, positions, inputs.context_length, anchor="raw"), positions, inputs.context_length)
             per_layer.append(self.attention_weight * unit_scale(attention) + self.novelty_weight * unit_scale(novelty))
         return torch.stack(per_layer)

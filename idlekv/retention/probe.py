@@ -35,7 +35,7 @@ def row_features(inputs: RetentionInputs, layer: int) -> torch.Tensor:
     attn = window_attention(inputs.window_queries[layer], keys, positions, inputs.window_positions)
     wmax = context_scores(group_mean(attn.amax(dim=1), keys.shape[0]), positions, n)
     wmean = context_scores(group_mean(attn.mean(dim=1), keys.shape[0]), positions, n)
-    novelty = key_novelty(keys, positions, n).gather(-1, pick)
+    novelty = key_novelty(keys, positions, n, anchor="raw").gather(-1, pick)  # the feature the shipped probe was trained on
     stats = torch.stack([k.norm(dim=-1), novelty, pos / max(1, n - 1), torch.log1p(n - 1 - pos),
                          torch.log(wmax.clamp_min(1e-8)), torch.log(wmean.clamp_min(1e-8))], dim=-1)
     return torch.cat([k, stats], dim=-1)
@@ -75,6 +75,7 @@ class LearnedRelevance(RetentionRule):
 
     name = "learned_relevance"
     needs_window = True
+    needs_trained_probe = True
 
     def __post_init__(self):
         from idlekv.config import CONFIG_DIR

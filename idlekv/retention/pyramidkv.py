@@ -2,6 +2,10 @@
 budget per layer that shrinks linearly with depth (lower layers attend broadly, upper layers
 narrowly), averaging to the requested budget.
 
+As the paper's code: the bottom layer gets 2 x free - free / beta rows beyond the protected
+ones and the top layer free / beta; when the bottom layer's share exceeds the context, it is
+capped there and the line pivots, the excess moving up (the top layer gets 2 x free - cap).
+
 Budgets are ragged across layers; the cache holds them padded to the largest with the padding
 masked (idlekv/cache/row_mask.py), and reports both the kept and the allocated bytes.
 """
@@ -12,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 
-from idlekv.retention.base import BudgetError
 from idlekv.retention.snapkv import SnapKV
 
 
@@ -27,13 +30,17 @@ class PyramidKV(SnapKV):
         layers, heads, n = scores.shape
         self.check_budget(budget, n)
         protected = min(self.sinks, n) + min(self.recent, max(0, n - self.sinks))
-        free = budget - protected
+        free, cap = budget - protected, n - protected
         low = free / self.beta
         high = 2 * free - low
-        per_layer = torch.linspace(high, low, layers) if layers > 1 else torch.tensor([float(free)])
-        per_layer = per_layer.floor().long()
-        per_layer[0] += free * layers - int(per_layer.sum())  # the rounding remainder, so the mean is exact
-        per_layer = (per_layer + protected).clamp(max=n)
-        if int(per_layer.sum()) != budget * layers:
-            raise BudgetError(f"pyramid budgets {per_layer.tolist()} cannot average {budget} within {n} rows")
-        return per_layer[:, None].expand(layers, heads).clone()
+        if high > cap:  # the bottom layer cannot hold more than the context: cap it, raise the top
+            high, low = cap, 2 * free - cap
+        per_layer = torch.linspace(high, low, layers).floor().long() if layers > 1 else torch.tensor([free])
+        remainder = free * layers - int(per_layer.sum())  # rounding: one more row each, from the top layer down
+        for layer in range(layers - 1, -1, -1):
+            if remainder == 0:
+                break
+            if per_layer[layer] < cap:
+                per_layer[layer] += 1
+                remainder -= 1
+        return (per_layer + protected)[:, None].expand(layers, heads).clone()

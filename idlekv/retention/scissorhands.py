@@ -1,7 +1,7 @@
 """Scissorhands (Liu et al., 2023, https://arxiv.org/abs/2305.17118): the persistence of
 importance. A row is important to a query when it gets more than the uniform share of that
 query's attention (1 / rows the query sees); over a history window of the last `history`
-prefill queries, rows counted important most often are kept."""
+queries seen (query-aware: the question's last), rows counted important most often are kept."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ class Scissorhands(RetentionRule):
         per_layer = []
         for layer in range(inputs.num_layers):
             keys, positions = inputs.keys[layer], inputs.positions[layer]
+            seen = inputs.prefill_queries[layer].shape[1]  # the context's queries, then (query-aware) the question's
             queries = inputs.prefill_queries[layer][:, -self.history :]
-            q_pos = torch.arange(inputs.context_length - queries.shape[1], inputs.context_length)
+            q_pos = torch.arange(seen - queries.shape[1], seen)
             votes = torch.zeros(queries.shape[0], keys.shape[1], device=keys.device)
             for attn, visible in attention_chunks(queries, keys, positions, q_pos, self.chunk):
                 uniform = 1.0 / visible.sum(dim=-1, keepdim=True).clamp_min(1)

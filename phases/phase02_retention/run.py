@@ -19,20 +19,31 @@ from idlekv.config import CONFIG_DIR
 from idlekv.environment import environment
 from idlekv.results import ResultStore
 from phases.common import load_phase_model, locked_model, phase_main, rule_for_model
-from phases.phase02_retention.report import summarize, write_figure
-from phases.publish import report_run, write_table_and_figure
+from phases.phase02_retention.report import compact, summarize, write_figure
+from phases.publish import companion, report_run, write_tables_and_figure
 from ruler import generate
 
 KEY_FIELDS = ("task", "length", "index", "mode", "rule", "budget_fraction")
 MODES = ("aware", "agnostic")
 
 
+def rule_configs() -> dict[str, dict]:
+    """Every rule configuration (configs/retention/<name>.yaml), by file name."""
+    return {path.stem: OmegaConf.to_container(OmegaConf.load(path)) for path in sorted((Path(CONFIG_DIR) / "retention").glob("*.yaml"))}
+
+
+def rule_names(phase) -> list[str]:
+    """The phase's rules: `all` is every rule configuration but keep_all (the ceiling, always run)."""
+    rules = phase["rules"]
+    return [name for name in rule_configs() if name != "keep_all"] if rules == "all" else list(rules)
+
+
 def rule_from_config(name: str, rule_options, model_path: str) -> object:
     """The rule's own config file (configs/retention/<name>.yaml), with the phase's sinks/recent."""
-    path = Path(CONFIG_DIR) / "retention" / f"{name}.yaml"
-    if not path.is_file():
-        raise SystemExit(f"unknown rule {name!r}: no {path}")
-    options = OmegaConf.to_container(OmegaConf.load(path))
+    configs = rule_configs()
+    if name not in configs:
+        raise SystemExit(f"unknown rule {name!r}: no configs/retention/{name}.yaml; choose one of {sorted(configs)}")
+    options = dict(configs[name])
     if options["name"] != "keep_all":
         options.update(OmegaConf.to_container(rule_options))
     return rule_for_model(options, model_path)
@@ -40,16 +51,22 @@ def rule_from_config(name: str, rule_options, model_path: str) -> object:
 
 def expected_cells(config: dict) -> list[dict]:
     phase = config["phase"]
-    rules = [(name, f) for name in phase["rules"] for f in phase["budget_fractions"]] + [("keep_all", 1.0)]
+    rules = [(name, f) for name in rule_names(phase) for f in phase["budget_fractions"]] + [("keep_all", 1.0)]
     return [{"task": task["label"], "length": int(length), "index": index, "mode": mode, "rule": name, "budget_fraction": float(f)}
             for task in phase["tasks"] for length in phase["lengths"] for index in range(phase["num_samples"])
             for mode in phase["modes"] for name, f in rules]
 
 
+def tables(frame, config: dict, csv: Path) -> dict:
+    """The summary (n, 95% intervals) and the compact per-sample rows it re-derives from."""
+    return {csv: summarize(frame), companion(csv, "rows"): compact(frame)}
+
+
 def write_outputs(frame, config: dict, csv: Path, figure: Path) -> list[Path]:
-    summary = summarize(frame)
-    print(summary.to_string(index=False))
-    return write_table_and_figure(summary, csv, figure, write_figure)
+    out = tables(frame, config, csv)
+    print(out[csv].to_string(index=False))
+    title = f"{config['phase']['name']}: seed {config['phase']['base_seed']}"
+    return write_tables_and_figure(out, figure, lambda summary, path: write_figure(summary, path, title))
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
@@ -58,7 +75,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     if bad:
         raise SystemExit(f"phase.modes {bad} not in {MODES}")
     lm = load_phase_model(cfg, "phase02")
-    rules = {name: rule_from_config(name, phase.rule_options, cfg.model.path) for name in [*phase.rules, "keep_all"]}
+    rules = {name: rule_from_config(name, phase.rule_options, cfg.model.path) for name in [*rule_names(phase), "keep_all"]}
     locked = {"model": locked_model(cfg), "phase": OmegaConf.to_container(phase)}
     with ResultStore(run_dir, KEY_FIELDS, config=locked, environment=environment()) as store:
         answer_cells(store, phase, lm, rules)

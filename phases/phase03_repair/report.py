@@ -12,7 +12,7 @@ import pandas as pd
 
 from idlekv.intervals import bootstrap, paired
 
-ORDER = ["Full", "Refresh-buffered", "SpanRef-K", "IdleKV+kept-anchors", "IdleKV", "Coverage", "ProxyQ-K", "StaleQ-K",
+ORDER = ["Full", "Refresh-buffered", "SpanRef-K", "IdleKV+kept-anchors", "IdleKV", "Coverage", "ProxyQ-K", "ProxyC-K", "StaleQ-K",
          "WrongQ-K", "Matched", "Random-K", "Oldest-K"]
 KEYS = ["task", "split", "B", "K", "condition"]
 # what the compact per-sample rows keep: every column a summary or a paired difference reads

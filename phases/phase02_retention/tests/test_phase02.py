@@ -5,10 +5,18 @@ import pytest
 import torch
 
 from idlekv.config import compose
-from phases.phase02_retention.run import run
+from idlekv.retention import RULES
+from phases.phase02_retention.run import rule_configs, rule_names, run
 
-# every rule of the experiment but the learned probe (trained in its own test below)
-RULES_WITHOUT_A_PROBE = "[snapkv,h2o,scissorhands,tova,kvmirror_hybrid,knorm,keydiff,streaming_llm,recent_window,random,pyramidkv,adakv,arkv,arkv_evict]"
+# every rule of the experiment but those that read a trained probe (trained in their own test below)
+RULES_WITHOUT_A_PROBE = "[" + ",".join(name for name in rule_names(compose(["experiment=phase02_retention"]).phase)
+                                       if not RULES[rule_configs()[name]["name"]].needs_trained_probe) + "]"
+
+
+def test_the_experiment_compares_every_configured_rule():
+    names = rule_names(compose(["experiment=phase02_retention"]).phase)
+    assert set(names) == set(rule_configs()) - {"keep_all"}
+    assert {"snapkv", "snapkv_max", "tova", "keydiff", "pyramidkv", "adakv", "arkv"} <= set(names)
 
 
 def test_phase02_runs_resumes_and_reports(tiny_model_dir, tmp_path):
@@ -77,7 +85,9 @@ def test_compressed_question_keeps_prefill_queries_only_when_asked(tiny_model_di
     for aware in (True, False):
         full = CompressedQuestion(lm.model, lm.tokenizer, sample, aware, max_new_tokens=2)
         lean = CompressedQuestion(lm.model, lm.tokenizer, sample, aware, max_new_tokens=2, prefill_queries=False)
-        assert lean.inputs.prefill_queries is None and full.inputs.prefill_queries[0].shape[1] == full.context_tokens
+        # every query the prefill saw: the context's, and query-aware the question's (but its last token, fed after compression)
+        seen = full.context_tokens + (len(full.inputs.window_positions) if aware else 0)
+        assert lean.inputs.prefill_queries is None and full.inputs.prefill_queries[0].shape[1] == seen
         assert all(torch.equal(a, b) for a, b in zip(full.inputs.window_queries, lean.inputs.window_queries))
         rule = SnapKV(sinks=4, recent=8)
         assert [r["answer"] for r in full.answers(rule, [64])] == [r["answer"] for r in lean.answers(rule, [64])]
