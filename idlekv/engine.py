@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +32,7 @@ from idlekv.repair.batching import Pending, batches, cache_columns, needle_table
 from idlekv.repair.conditions import STANDARD_CONDITIONS, Condition
 from idlekv.repair.granularity import first_k, rank_heads, unit_scores
 from idlekv.repair.memory import KVShape, PeakPlan, SampleRows, predict_peak
+from idlekv.repair.planned import PlannedCache, apply_plan
 from idlekv.repair.signals import PauseInputs, Signal, compute_signals
 from idlekv.retention.base import RetentionInputs, RetentionRule
 from ruler.metrics import needle_recall
@@ -277,15 +279,24 @@ class RepairEngine:
             for k in self.config.ks:
                 pause.recorder.record(full, cache_columns(root, pause.needles), answer, b, k, {"resume_s": resume_s})
 
+    def compressed(self, pause: "Pause", b: int) -> PlannedCache:
+        """The rule's plan at B applied to the root: what every condition of this B forks."""
+        first = pause.first
+        plan = self.rule.plan(first.rule_inputs(), b, pause.scores)
+        return apply_plan(first.root, plan, first.context_length, reserve=max(max(self.config.ks), len(pause.turn_ids)))
+
     def _waiting_conditions(self, pause: "Pause", b: int) -> list[Pending]:
         """Compress to B, compute the signals once, and queue every condition of every K (built when batched)."""
         cfg, first = self.config, pause.first
         root, n_ctx = first.root, first.context_length
-        comp = root.fork()
-        comp.compress(self.keep(pause.scores, b, root, n_ctx), reserve=max(max(cfg.ks), len(pause.turn_ids)))
-        signals = self.signals(comp, pause.turn_ids, first.question_queries, pause.scores, wrong_turn_ids=pause.wrong_turn_ids)
+        planned = self.compressed(pause, b)
+        comp = planned.cache
+        with planned.masks(self.model):  # a ragged plan's padding is hidden from the next turn's forward too
+            signals = self.signals(comp, pause.turn_ids, first.question_queries, pause.scores, wrong_turn_ids=pause.wrong_turn_ids)
         memo, tail = {}, root.rows - n_ctx
-        return [Pending(cond, b, k, b + k + tail, self._recipe(cond, comp, root, k, b, n_ctx, signals, pause.sample, memo))
+        # a repair holds the compressed rows (a ragged plan's padding included) + K; a refresh B + K + the tail
+        return [Pending(cond, b, k, comp.rows + k if cond.kind == "repair" else b + k + tail,
+                        self._recipe(cond, comp, root, k, b, n_ctx, signals, pause.sample, memo), planned if cond.kind == "repair" else None)
                 for k in cfg.ks for cond in cfg.conditions if cond.kind != "full"]
 
     def _recipe(self, cond: Condition, comp: TieredCache, root: TieredCache, k: int, b: int, n_ctx: int, signals,
@@ -303,22 +314,41 @@ class RepairEngine:
         return build
 
     def _resume(self, pending: list[Pending], pause: "Pause") -> None:
-        """Build the waiting caches batch by batch into one padded buffer each, resume, record, free."""
-        for batch in batches(pending, self.config.resume_batch_rows, pause.headroom):
-            stacked, columns, timings = None, [], []
-            for slot, item in enumerate(batch):
-                cache, timing = item.build()
-                stacked = stacked or CacheBatch([p.rows for p in batch], cache, pause.headroom)
-                stacked.put(slot, cache)
-                columns.append(cache_columns(cache, pause.needles))
-                timings.append(timing)
-                del cache  # only the batch buffer holds its rows from here on
-            start = time.perf_counter()
-            answers = resume_batch(self.model, stacked, pause.turn_ids, pause.max_new, self.stop_ids)
-            resume_s = (time.perf_counter() - start) / len(batch)
-            for item, cols, timing, answer in zip(batch, columns, timings, answers):
-                pause.recorder.record(item.cond, cols, answer, item.b, item.k, {**timing, "resume_s": resume_s})
+        """Build the waiting caches batch by batch into one padded buffer each, resume, record, free.
+
+        Caches forked from a masked plan batch only with forks of the same plan (their masks share a layout)."""
+        groups: dict[int, list[Pending]] = {}
+        for item in pending:
+            masked = item.planned is not None and item.planned.visible is not None
+            groups.setdefault(id(item.planned) if masked else 0, []).append(item)
+        for group in groups.values():
+            planned = group[0].planned if group[0].planned is not None and group[0].planned.visible is not None else None
+            for batch in batches(group, self.config.resume_batch_rows, pause.headroom):
+                self._resume_batch(batch, pause, planned)
         pending.clear()
+
+    def _resume_batch(self, batch: list[Pending], pause: "Pause", planned: PlannedCache | None) -> None:
+        stacked, columns, timings = None, [], []
+        for slot, item in enumerate(batch):
+            cache, timing = item.build()
+            stacked = stacked or CacheBatch([p.rows for p in batch], cache, pause.headroom)
+            stacked.put(slot, cache)
+            columns.append(planned_columns(cache_columns(cache, pause.needles), item.planned))
+            timings.append(timing)
+            del cache  # only the batch buffer holds its rows from here on
+        start = time.perf_counter()
+        with nullcontext() if planned is None else planned.masks(self.model):
+            answers = resume_batch(self.model, stacked, pause.turn_ids, pause.max_new, self.stop_ids)
+        resume_s = (time.perf_counter() - start) / len(batch)
+        for item, cols, timing, answer in zip(batch, columns, timings, answers):
+            pause.recorder.record(item.cond, cols, answer, item.b, item.k, {**timing, "resume_s": resume_s})
+
+
+def planned_columns(columns: dict, planned: PlannedCache | None) -> dict:
+    """A row's cache columns with the bytes the plan stores: what the tensors hold, less its padding and quantized savings."""
+    if planned is None:
+        return {**columns, "active_allocated_bytes": columns["active_bytes"]}
+    return {**columns, "active_bytes": columns["active_bytes"] - planned.held_not_kept, "active_allocated_bytes": columns["active_bytes"]}
 
 
 @dataclass

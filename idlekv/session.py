@@ -77,6 +77,9 @@ class SessionEngine:
         if rule.needs_prefill_queries:
             raise ValueError(f"{rule.name} reads every prefill query; the session engine re-scores with each turn's "
                              "window only")
+        if not rule.plans_uniform:
+            raise ValueError(f"{rule.name} plans ragged or tri-state caches; the session engine re-selects B rows per head "
+                             "at every pause and holds them at one precision (the single-pause engine, phase03, honours them)")
         refresh = [c.name for c in config.conditions if c.kind == "refresh"]
         if refresh:
             raise ValueError(f"conditions {refresh}: a refresh re-selects from the root every pause; the session engine "

@@ -153,6 +153,25 @@ class ActiveTier:
             self._p[i][:, :, self._len : new_len] = positions[i].to(self.device)
         self._len = new_len
 
+    def hold_quantized(self, full: Sequence[torch.Tensor], precision: str) -> int:
+        """Rows where full[l] (kv_heads, rows) is False take their quantize -> dequantize round trip in place:
+        the values a mixed-precision store (idlekv/cache/mixed.py) gives attention. Returns the bytes such a
+        store saves (full rows minus quantized rows and their scales), which the tensors here still hold."""
+        from idlekv.cache.quant import dequantize, quantize
+
+        self.own()
+        saved = 0
+        for layer, mask in enumerate(full):
+            low = ~mask.to(self.device)
+            heads = torch.arange(low.shape[0], device=self.device)[:, None].expand_as(low)[low]
+            rows = torch.arange(low.shape[1], device=self.device).expand_as(low)[low]
+            for buf in (self._k[layer], self._v[layer]):
+                picked = buf[:, heads, rows]  # (batch, n, head_dim)
+                stored = quantize(picked, precision)
+                buf[:, heads, rows] = dequantize(stored, self.dtype)
+                saved += picked.numel() * picked.element_size() - stored.nbytes
+        return saved
+
     def written_in_place(self, rows: int, positions: torch.Tensor) -> None:
         """Take in `rows` rows a forward already wrote behind this tier's rows in its own buffers."""
         if self._shared or self._extra is not None or self._len + rows > self.capacity:

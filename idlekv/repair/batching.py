@@ -19,6 +19,7 @@ class Pending:
     k: int
     rows: int  # active rows it will hold (B + K + the turn-1 tail)
     build: object  # () -> (TieredCache, timings)
+    planned: object = None  # the PlannedCache it forks (masks, bytes held but not kept); None: a cache of its own
 
 
 def cache_columns(cache: TieredCache, needles) -> dict:

@@ -110,6 +110,11 @@ class RetentionRule:
         """(layers, kv_heads) rows per head averaging `budget`, for rules whose budgets are ragged; None = `budget` everywhere."""
         return None
 
+    @property
+    def plans_uniform(self) -> bool:
+        """True when every plan keeps the budget in every head at full precision (the plan is `select`)."""
+        return type(self).head_budgets is RetentionRule.head_budgets and not getattr(self, "tri_state", False)
+
     def plan(self, inputs: RetentionInputs, budget: int, scores: torch.Tensor | None = None, shares=None) -> RetentionPlan:
         """The rows held at `budget`; `scores` computed once may be passed in when several budgets share the inputs."""
         scores = self.score(inputs) if scores is None else scores
