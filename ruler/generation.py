@@ -15,15 +15,7 @@ from ruler.render import annotate_tokens, encode, render, use_chat
 from ruler.sample import Needle, Sample, Turn
 from ruler.seeding import sample_seed
 from ruler.tasks import TaskSpec, get_task
-from ruler.templates import (
-    ANSWER_PREFIX,
-    INSTRUCTION,
-    NEEDLE_TEMPLATES,
-    ORDINAL_QUERY,
-    ORDINALS,
-    QUESTION,
-    join_queries,
-)
+from ruler.templates import NEEDLE_TEMPLATES, ORDINAL_QUERY, ORDINALS, instruction, join_queries, question_and_prefix
 
 
 class LengthError(ValueError):
@@ -63,7 +55,8 @@ class _Draw:
         self.later_turn_keys = {k for turn in self.schedule[1:] for k in turn}
         forbidden = frozenset(self.keys) | frozenset(self.values)
         self.haystack = Haystack(spec.haystack, seed, spec.key_kind, spec.value_kind, spec.value_digits, spec.essay_path, forbidden,
-                                 NEEDLE_TEMPLATES[spec.needle_style])
+                                 NEEDLE_TEMPLATES[spec.needle_style], spec.noise_layout)
+        self.instruction = instruction(spec.value_kind, spec.num_queries * spec.num_values, spec.wording)
 
 
 def _assemble(draw: _Draw, n_units: int, depth_cap_all: float, depth_cap_later: float) -> tuple[str, list[Needle]]:
@@ -87,7 +80,7 @@ def _assemble(draw: _Draw, n_units: int, depth_cap_all: float, depth_cap_later: 
     spans: dict[int, tuple[int, int, int, int]] = {}
     pos, cursor = 0, 0
     sep = draw.haystack.separator
-    base = len(INSTRUCTION.format(type_value=type_value))
+    base = len(draw.instruction)
     needle = NEEDLE_TEMPLATES[spec.needle_style]
 
     def emit(text: str) -> int:
@@ -120,12 +113,11 @@ def _assemble(draw: _Draw, n_units: int, depth_cap_all: float, depth_cap_later: 
         text = needle.format(type_value=type_value, key=draw.keys[k], value=draw.values[j])
         turns = [t for t, keys in enumerate(draw.schedule) if k in keys]
         needles.append(Needle(draw.keys[k], draw.values[j], text, a, b, va, vb, turns))
-    return INSTRUCTION.format(type_value=type_value) + context + "\n", needles
+    return draw.instruction + context + "\n", needles
 
 
 def _turns(draw: _Draw, needles: list[Needle]) -> list[Turn]:
     spec = draw.spec
-    type_value = "numbers" if spec.value_kind == "numbers" else "uuids"
     order = sorted(range(spec.num_keys), key=lambda k: min(n.start for n in needles if n.key == draw.keys[k]))
     turns = []
     for t, keys in enumerate(draw.schedule):
@@ -135,8 +127,8 @@ def _turns(draw: _Draw, needles: list[Needle]) -> list[Turn]:
             names = [draw.keys[k] for k in keys]
         query = join_queries(names)
         outputs = [draw.values[k * spec.num_values + v] for k in keys for v in range(spec.num_values)]
-        turns.append(Turn(QUESTION.format(type_value=type_value, query=query),
-                          ANSWER_PREFIX.format(type_value=type_value, query=query), [draw.keys[k] for k in keys], outputs))
+        question, prefix = question_and_prefix(spec.value_kind, query, len(outputs), spec.wording)
+        turns.append(Turn(question, prefix, [draw.keys[k] for k in keys], outputs))
     return turns
 
 

@@ -38,11 +38,13 @@ class Haystack:
 
     def __init__(self, kind: str, seed: int, key_kind: str = "words", value_kind: str = "numbers",
                  value_digits: int = 7, essay_path: str | None = None, forbidden: frozenset[str] = frozenset(),
-                 needle_template: str = NEEDLE):
+                 needle_template: str = NEEDLE, noise_layout: str = "ruler"):
         self.kind, self.seed, self.needle_template = kind, seed, needle_template
         self.key_kind, self.value_kind, self.value_digits = key_kind, value_kind, value_digits
         self.forbidden = forbidden  # keys/values of real needles: a distractor must not repeat them
-        if kind == "noise":
+        if kind == "noise" and noise_layout == "ruler":  # RULER: the whole block per unit, one per line
+            self._cycle, self.separator = (NOISE,), "\n"
+        elif kind == "noise":  # the embedded model's: one sentence per unit, joined by spaces
             self._cycle, self.separator = _sentences(NOISE), " "
         elif kind == "essay":
             self._cycle, self.separator = essay_sentences(str(essay_path or DEFAULT_ESSAY)), " "

@@ -11,6 +11,7 @@ SPLITS = ("all", "balanced", "clean", "schedule")
 QUESTION_STYLES = ("literal", "ordinal")
 ANSWER_FORMATS = ("values", "keyed", "mirror", "tagged")
 NEEDLE_STYLES = ("ruler", "tagged")
+NOISE_LAYOUTS = ("ruler", "sentences")
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,13 @@ class TaskSpec:
     recent_free_tokens: int = 0  # tokens at the end of the prompt free of any needle
     depths: tuple[float, ...] = ()  # fixed needle depths in [0, 1]; empty = drawn from the seed
     question_style: str = "literal"  # literal | ordinal (turns >= 2 name keys by order of appearance)
-    answer_tokens: int = 64  # tokens reserved per turn for the generated answer
+    answer_tokens: int = 128  # tokens reserved per turn for the generated answer (RULER's tokens_to_generate for NIAH)
+    # "ruler": singular instruction / question / answer prefix when one value is asked (RULER's
+    # rewrite); "plural": always plural (the wording the embedded model was trained on).
+    wording: str = "ruler"
+    # "ruler": the noise haystack as RULER lays it out, its five-sentence block per unit, units
+    # and needles one per line; "sentences": one sentence per unit joined by spaces (the embedded model's).
+    noise_layout: str = "ruler"
     # How a gold answer is written (training targets; the metric only looks for the values):
     # "values" = "1234, 5678."; "keyed" = "falcon: 1234, heron: 5678." (each value after its key);
     # "mirror" = "falcon is: 1234, heron is: 5678." (each value after exactly the words that
@@ -57,6 +64,8 @@ class TaskSpec:
             (self.split in SPLITS, f"split {self.split!r} not in {SPLITS}"),
             (self.answer_format in ANSWER_FORMATS, f"answer_format {self.answer_format!r} not in {ANSWER_FORMATS}"),
             (self.needle_style in NEEDLE_STYLES, f"needle_style {self.needle_style!r} not in {NEEDLE_STYLES}"),
+            (self.wording in ("ruler", "plural"), f"wording {self.wording!r} not in ('ruler', 'plural')"),
+            (self.noise_layout in NOISE_LAYOUTS, f"noise_layout {self.noise_layout!r} not in {NOISE_LAYOUTS}"),
             (self.question_style in QUESTION_STYLES, f"question_style {self.question_style!r} not in {QUESTION_STYLES}"),
             (1 <= self.num_queries <= self.num_keys, f"num_queries {self.num_queries} must be in [1, num_keys={self.num_keys}]"),
             (not self.depths or len(self.depths) == self.num_keys * self.num_values,
@@ -89,8 +98,13 @@ class TaskSpec:
 
 
 def _mq(n: int) -> TaskSpec:
-    # IdleKV's split-query benchmark: artifact keys, numeric values, essay haystack.
-    return TaskSpec(f"mq_niah_{n}q", haystack="essay", key_kind="artifact", num_keys=n, num_queries=n, split="balanced")
+    # IdleKV's split-query benchmark: artifact keys, numeric values, essay haystack, 64 answer tokens per turn.
+    return TaskSpec(f"mq_niah_{n}q", haystack="essay", key_kind="artifact", num_keys=n, num_queries=n, split="balanced",
+                    answer_tokens=64)
+
+
+# The embedded model's format: what it was trained on (models/README.md), not RULER's wording or layout.
+EMBEDDED = {"wording": "plural", "noise_layout": "sentences"}
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -110,11 +124,11 @@ TASKS: dict[str, TaskSpec] = {
         # them the same way. The RULER-needle variant (its stages 3-4) and the
         # distractor-needle variant (stages 1-2) are kept for the training recipe.
         TaskSpec("mq_niah_4q_embedded", haystack="noise", key_kind="word", value_digits=4, num_keys=4,
-                 num_queries=4, split="balanced", answer_format="tagged", needle_style="tagged", answer_tokens=24),
+                 num_queries=4, split="balanced", answer_format="tagged", needle_style="tagged", answer_tokens=24, **EMBEDDED),
         TaskSpec("mq_niah_4q_embedded_ruler", haystack="noise", key_kind="word", value_digits=4, num_keys=4,
-                 num_queries=4, split="balanced", answer_format="mirror", answer_tokens=24),
+                 num_queries=4, split="balanced", answer_format="mirror", answer_tokens=24, **EMBEDDED),
         TaskSpec("mq_niah_4q_embedded_needles", haystack="needle", key_kind="word", value_digits=4, num_keys=4,
-                 num_queries=4, split="balanced", answer_format="mirror", answer_tokens=24),
+                 num_queries=4, split="balanced", answer_format="mirror", answer_tokens=24, **EMBEDDED),
     ]
 }
 

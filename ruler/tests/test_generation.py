@@ -44,7 +44,7 @@ def _unit_tokens(task, length, tok):
 
     spec = get_task(task)
     s = generate(task, length, 0, tok)
-    hay = Haystack(spec.haystack, s.seed, spec.key_kind, spec.value_kind)
+    hay = Haystack(spec.haystack, s.seed, spec.key_kind, spec.value_kind, noise_layout=spec.noise_layout)
     return max(len(encode(tok, hay.separator + hay.unit(i))) for i in range(s.num_units, s.num_units + 5))
 
 
