@@ -16,6 +16,7 @@ from ruler.sample import Needle, Sample, Turn
 from ruler.seeding import sample_seed
 from ruler.tasks import TaskSpec, get_task
 from ruler.templates import NEEDLE_TEMPLATES, ORDINAL_QUERY, ORDINALS, instruction, join_queries, question_and_prefix
+from ruler.variable_tracking import VT_TASKS, VTSpec, generate_vt
 
 
 class LengthError(ValueError):
@@ -144,8 +145,11 @@ def _build(draw, spec, task, length, index, n_units, caps, tokenizer, chat) -> S
     return sample
 
 
-def generate(task: str | TaskSpec, length: int, index: int, tokenizer, base_seed: int = 0, **overrides) -> Sample:
+def generate(task: str | TaskSpec | VTSpec, length: int, index: int, tokenizer, base_seed: int = 0, **overrides) -> Sample:
     """One sample of `task` fitted to `length` tokens (prompt + turns + reserved answers)."""
+    if isinstance(task, VTSpec) or task in VT_TASKS:  # RULER's variable tracking (ruler/variable_tracking.py)
+        spec = VT_TASKS[task] if isinstance(task, str) else task
+        return generate_vt(spec.with_options(**overrides) if overrides else spec, length, index, tokenizer, base_seed)
     spec = get_task(task, **overrides) if isinstance(task, str) else (task.with_options(**overrides) if overrides else task)
     seed = sample_seed(spec.name, length, index, base_seed)
     draw = _Draw(spec, seed)

@@ -1,0 +1,164 @@
+"""RULER's variable tracking (vt): chains of variable assignments hidden in the noise haystack.
+
+As RULER's generator (scripts/data/synthetic/variable_tracking.py, read, not copied) writes it:
+- a chain is `VAR XXXXX = 12345` then `VAR YYYYY = VAR XXXXX ` (num_hops of them, each line
+  ending in a space), with 5-letter upper-case names and a 5-digit value;
+- every chain's lines go to sorted random places among the noise blocks, one item per line;
+- the prompt opens with one solved example (3-letter names, 4 hops at most, fitted to 500
+  tokens, its names and value redrawn), its answer, and a blank line;
+- the question asks every variable assigned the first chain's value; 30 answer tokens.
+
+`vt_split` is this project's split-turn version for repair: two chains, turn 1 asks one and
+turn 2 the other, each assignment line annotated as a needle of the turn that asks its chain.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from dataclasses import asdict, dataclass
+
+from ruler.render import annotate_tokens, encode, render, use_chat
+from ruler.sample import Needle, Sample, Turn
+from ruler.seeding import sample_seed
+from ruler.templates import NOISE
+
+INSTRUCTION = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
+QUESTION = "Question: Find all variables that are assigned the value {query} in the text above."
+ANSWER_PREFIX = (" Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are "
+                 "assigned the value {query}, they are: ")
+EXAMPLE_TOKENS = 500  # RULER fits its solved example to 500 tokens
+
+
+@dataclass(frozen=True)
+class VTSpec:
+    name: str
+    num_chains: int = 1
+    num_hops: int = 4
+    split: bool = False  # True: turn t asks chain t (needs num_chains >= 2)
+    answer_tokens: int = 30  # RULER's tokens_to_generate for vt
+    example: bool = True  # RULER's one solved example before the task
+    chat: bool | None = None
+
+    def with_options(self, **overrides) -> "VTSpec":
+        from dataclasses import fields, replace
+
+        unknown = sorted(set(overrides) - {f.name for f in fields(self)})
+        if unknown:
+            raise ValueError(f"unknown vt options {unknown}")
+        return replace(self, **overrides)
+
+
+VT_TASKS = {spec.name: spec for spec in [VTSpec("vt"), VTSpec("vt_split", num_chains=2, split=True)]}
+
+
+def chains(rng: random.Random, num_chains: int, num_hops: int, letters: int = 5, value: str | None = None):
+    """(names per chain, lines per chain): distinct names; each chain starts at a value."""
+    names: list[str] = []
+    while len(names) < num_chains * (num_hops + 1):
+        name = "".join(rng.choices(string.ascii_uppercase, k=letters))
+        if name not in names:
+            names.append(name)
+    out_names, out_lines = [], []
+    for c in range(num_chains):
+        chain = names[c * (num_hops + 1) : (c + 1) * (num_hops + 1)]
+        start = value if value is not None else str(rng.randint(10000, 99999))
+        out_names.append(chain)
+        out_lines.append([f"VAR {chain[0]} = {start}"] + [f"VAR {chain[j + 1]} = VAR {chain[j]} " for j in range(num_hops)])
+    return out_names, out_lines
+
+
+def lay_out(rng: random.Random, lines: list[list[str]], num_noise: int) -> list[tuple[str, int | None]]:
+    """Noise blocks with every chain's lines at sorted random places: (text, chain or None) per line."""
+    items: list[tuple[str, int | None]] = [(NOISE, None)] * num_noise
+    for c, chain in enumerate(lines):
+        places = sorted(rng.sample(range(len(items)), len(chain)))
+        for j, (place, line) in enumerate(zip(places, chain)):
+            items.insert(place + j, (line, c))
+    return items
+
+
+def _question(names: list[str], value: str) -> tuple[str, str]:
+    return QUESTION.format(query=value), ANSWER_PREFIX.format(num_v=len(names), query=value)
+
+
+def solved_example(rng: random.Random, spec: VTSpec, tokenizer) -> str:
+    """RULER's solved example: the task with 3-letter names and the value 12345, as many noise
+    blocks as fit in 500 tokens, then its answer; the answer's names and the value redrawn
+    (whole words here; RULER replaces substrings)."""
+    names, lines = chains(rng, spec.num_chains, min(10, spec.num_hops), letters=3, value="12345")
+    question = "".join(_question(names[0], "12345"))
+    example = lambda n: INSTRUCTION + "\n".join(t for t, _ in lay_out(random.Random(n), lines, n)) + "\n" + question  # noqa: E731
+    least = len(lines[0])  # RULER places a chain's lines among at least as many blocks
+    best = example(least)
+    for n in range(least + 1, 1000):
+        text = example(n)
+        if len(encode(tokenizer, text)) > EXAMPLE_TOKENS:
+            break
+        best = text
+    text = best + " " + " ".join(names[0])
+    for name in names[0]:
+        text = re.sub(rf"\b{name}\b", "".join(rng.choices(string.ascii_uppercase, k=len(name))), text)
+    return text.replace("12345", str(rng.randint(10000, 99999))) + "\n"
+
+
+def _build(spec: VTSpec, seed: int, num_noise: int, example: str, length: int, index: int, tokenizer, chat: bool) -> Sample:
+    rng = random.Random(seed)
+    names, lines = chains(rng, spec.num_chains, spec.num_hops)
+    items = lay_out(random.Random(seed + num_noise), lines, num_noise)
+    head = example + INSTRUCTION
+    pieces, needles, pos = [], [], len(head)
+    for i, (text, chain) in enumerate(items):
+        if i:
+            pieces.append("\n")
+            pos += 1
+        if chain is not None:
+            key, value = text.split()[1], text.split()[-1]
+            value_start = pos + text.rindex(value)
+            turns = [chain] if spec.split else ([0] if chain == 0 else [])
+            needles.append(Needle(key, value, text, pos, pos + len(text), value_start, value_start + len(value), turns))
+        pieces.append(text)
+        pos += len(text)
+    context = "".join(pieces)  # RULER's `.replace(". \n", ".\n")` changes nothing here: no line ends in ". "
+    asked = range(spec.num_chains if spec.split else 1)
+    turns = []
+    for c in asked:
+        value = lines[c][0].split()[-1]
+        question, prefix = _question(names[c], value)
+        turns.append(Turn(question, prefix, [names[c][0]], list(names[c])))
+    sample = Sample(spec.name, length, index, seed, head + context + "\n", turns, needles, "noise", num_noise, chat=chat,
+                    options={**asdict(spec), "answer_format": "values"})
+    rendered = render(sample, tokenizer)
+    ids = annotate_tokens(sample, tokenizer, rendered)
+    sample.prompt_tokens = len(ids)
+    sample.total_tokens = len(ids) + sum(len(encode(tokenizer, t)) for t in rendered.turn_texts) + spec.answer_tokens * len(turns)
+    return sample
+
+
+def generate_vt(spec: VTSpec, length: int, index: int, tokenizer, base_seed: int = 0) -> Sample:
+    """One vt sample fitted to `length` tokens: the most noise blocks that fit (a binary search)."""
+    from ruler.generation import LengthError
+
+    if spec.split and spec.num_chains < 2:
+        raise ValueError(f"{spec.name}: a split needs at least 2 chains")
+    seed = sample_seed(spec.name, length, index, base_seed)
+    chat = use_chat(spec.chat, tokenizer)
+    # the example goes before the task's own instruction, then a blank line (RULER inserts it with "\n")
+    example = solved_example(random.Random(seed ^ 0x5EED), spec, tokenizer) + "\n" if spec.example else ""
+    build = lambda n: _build(spec, seed, n, example, length, index, tokenizer, chat)  # noqa: E731
+    least = spec.num_hops + 1  # a chain's lines go among at least as many noise blocks
+    best = build(least)
+    if best.total_tokens > length:
+        raise LengthError(f"{spec.name}: length {length} is too short for its example, chains and {spec.answer_tokens} answer tokens")
+    lo, hi = least, 2 * least
+    while (s := build(hi)).total_tokens <= length:
+        lo, best, hi = hi, s, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        s = build(mid)
+        if s.total_tokens <= length:
+            lo, best = mid, s
+        else:
+            hi = mid
+    return best
