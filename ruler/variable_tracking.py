@@ -10,6 +10,8 @@ As RULER's generator (scripts/data/synthetic/variable_tracking.py, read, not cop
 
 `vt_split` is this project's split-turn version for repair: two chains, turn 1 asks one and
 turn 2 the other, each assignment line annotated as a needle of the turn that asks its chain.
+`split: clean` also keeps the later turns' chains out of the last `recency_window` prompt
+tokens (phase03's clean split: a recent window cannot keep them by position).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class VTSpec:
     name: str
     num_chains: int = 1
     num_hops: int = 4
-    split: bool = False  # True: turn t asks chain t (needs num_chains >= 2)
+    split: str = "all"  # all: one turn asks chain 0 (RULER); balanced: turn t asks chain t; clean: balanced + recency_window
+    recency_window: int = 0  # prompt tokens at the end where a clean split puts no later-turn chain line
     answer_tokens: int = 30  # RULER's tokens_to_generate for vt
     example: bool = True  # RULER's one solved example before the task
     chat: bool | None = None
@@ -50,7 +53,7 @@ class VTSpec:
         return replace(self, **overrides)
 
 
-VT_TASKS = {spec.name: spec for spec in [VTSpec("vt"), VTSpec("vt_split", num_chains=2, split=True)]}
+VT_TASKS = {spec.name: spec for spec in [VTSpec("vt"), VTSpec("vt_split", num_chains=2, split="balanced")]}
 
 
 def chains(rng: random.Random, num_chains: int, num_hops: int, letters: int = 5, value: str | None = None):
@@ -69,11 +72,13 @@ def chains(rng: random.Random, num_chains: int, num_hops: int, letters: int = 5,
     return out_names, out_lines
 
 
-def lay_out(rng: random.Random, lines: list[list[str]], num_noise: int) -> list[tuple[str, int | None]]:
-    """Noise blocks with every chain's lines at sorted random places: (text, chain or None) per line."""
+def lay_out(rng: random.Random, lines: list[list[str]], num_noise: int, later_free: int = 0) -> list[tuple[str, int | None]]:
+    """Noise blocks with every chain's lines at sorted random places: (text, chain or None) per line;
+    chains after the first are kept out of the last `later_free` items."""
     items: list[tuple[str, int | None]] = [(NOISE, None)] * num_noise
     for c, chain in enumerate(lines):
-        places = sorted(rng.sample(range(len(items)), len(chain)))
+        room = len(items) - (later_free if c else 0)
+        places = sorted(rng.sample(range(max(room, len(chain))), len(chain)))
         for j, (place, line) in enumerate(zip(places, chain)):
             items.insert(place + j, (line, c))
     return items
@@ -103,10 +108,11 @@ def solved_example(rng: random.Random, spec: VTSpec, tokenizer) -> str:
     return text.replace("12345", str(rng.randint(10000, 99999))) + "\n"
 
 
-def _build(spec: VTSpec, seed: int, num_noise: int, example: str, length: int, index: int, tokenizer, chat: bool) -> Sample:
+def _build(spec: VTSpec, seed: int, num_noise: int, example: str, length: int, index: int, tokenizer, chat: bool,
+           later_free: int = 0) -> Sample:
     rng = random.Random(seed)
     names, lines = chains(rng, spec.num_chains, spec.num_hops)
-    items = lay_out(random.Random(seed + num_noise), lines, num_noise)
+    items = lay_out(random.Random(seed + num_noise), lines, num_noise, later_free)
     head = example + INSTRUCTION
     pieces, needles, pos = [], [], len(head)
     for i, (text, chain) in enumerate(items):
@@ -116,12 +122,12 @@ def _build(spec: VTSpec, seed: int, num_noise: int, example: str, length: int, i
         if chain is not None:
             key, value = text.split()[1], text.split()[-1]
             value_start = pos + text.rindex(value)
-            turns = [chain] if spec.split else ([0] if chain == 0 else [])
+            turns = [chain] if spec.split != "all" else ([0] if chain == 0 else [])
             needles.append(Needle(key, value, text, pos, pos + len(text), value_start, value_start + len(value), turns))
         pieces.append(text)
         pos += len(text)
     context = "".join(pieces)  # RULER's `.replace(". \n", ".\n")` changes nothing here: no line ends in ". "
-    asked = range(spec.num_chains if spec.split else 1)
+    asked = range(spec.num_chains if spec.split != "all" else 1)
     turns = []
     for c in asked:
         value = lines[c][0].split()[-1]
@@ -140,13 +146,28 @@ def generate_vt(spec: VTSpec, length: int, index: int, tokenizer, base_seed: int
     """One vt sample fitted to `length` tokens: the most noise blocks that fit (a binary search)."""
     from ruler.generation import LengthError
 
-    if spec.split and spec.num_chains < 2:
+    if spec.split not in ("all", "balanced", "clean"):
+        raise ValueError(f"{spec.name}: split {spec.split!r} not in ('all', 'balanced', 'clean')")
+    if spec.split != "all" and spec.num_chains < 2:
         raise ValueError(f"{spec.name}: a split needs at least 2 chains")
+    if spec.split == "clean" and spec.recency_window <= 0:
+        raise ValueError(f"{spec.name}: split='clean' needs recency_window > 0")
     seed = sample_seed(spec.name, length, index, base_seed)
     chat = use_chat(spec.chat, tokenizer)
     # the example goes before the task's own instruction, then a blank line (RULER inserts it with "\n")
     example = solved_example(random.Random(seed ^ 0x5EED), spec, tokenizer) + "\n" if spec.example else ""
-    build = lambda n: _build(spec, seed, n, example, length, index, tokenizer, chat)  # noqa: E731
+    for later_free in range(0, 10_000, 4):  # clean: grow the chain-free tail until the later chains end before the window
+        sample = _fit(spec, seed, example, length, index, tokenizer, chat, later_free)
+        limit = sample.prompt_tokens - spec.recency_window
+        if spec.split != "clean" or all(n.token_end <= limit for n in sample.needles if n.turns and n.turns[0] > 0):
+            return sample
+    raise LengthError(f"{spec.name}: could not keep the later chains out of the last {spec.recency_window} tokens")
+
+
+def _fit(spec: VTSpec, seed: int, example: str, length: int, index: int, tokenizer, chat: bool, later_free: int) -> Sample:
+    from ruler.generation import LengthError
+
+    build = lambda n: _build(spec, seed, n, example, length, index, tokenizer, chat, later_free)  # noqa: E731
     least = spec.num_hops + 1  # a chain's lines go among at least as many noise blocks
     best = build(least)
     if best.total_tokens > length:

@@ -67,3 +67,11 @@ def test_a_vt_record_loads_back_with_its_question(tokenizer):
     record = {k: v for k, v in sample.ruler_record().items() if k in ("index", "input", "outputs", "length", "answer_prefix")}
     loaded = from_record(record, "vt")
     assert (loaded.prompt, loaded.turns[0].question) == (sample.prompt, sample.turns[0].question)
+
+
+def test_a_clean_split_keeps_the_later_chain_out_of_the_recent_window(tokenizer):
+    sample = generate("vt_split", 2048, 4, tokenizer, split="clean", recency_window=128)
+    later = [n for n in sample.needles if n.turns == [1]]
+    assert len(later) == 5 and max(n.token_end for n in later) <= sample.prompt_tokens - 128
+    with pytest.raises(ValueError, match="recency_window"):
+        generate("vt_split", 2048, 4, tokenizer, split="clean")
