@@ -36,12 +36,13 @@ def paired(a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: 
 
 
 def interval_columns(rows, keys: list[str], value: str = "accuracy"):
-    """Per group of `keys` in a per-sample frame: n, the mean of `value` and its 95% bootstrap interval."""
+    """Per group of `keys` in a per-sample frame: n, the mean of `value` and its 95% bootstrap interval
+    (samples where `value` is undefined, NaN, are not counted)."""
     import pandas as pd
 
     lines = []
     for cell, group in rows.groupby(keys, sort=True):
-        i = bootstrap(group[value].to_numpy())
+        i = bootstrap(group[value].dropna().to_numpy())
         cell = cell if isinstance(cell, tuple) else (cell,)
         lines.append({**dict(zip(keys, cell)), "n": i.n, value: round(i.mean, 4), "ci_low": round(i.low, 4),
                       "ci_high": round(i.high, 4)})

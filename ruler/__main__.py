@@ -10,10 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ruler.generation import LengthError, generate_many
+from ruler.generation import NON_NIAH_TASKS, LengthError, generate_many
 from ruler.io import write_jsonl
 from ruler.tasks import TASKS, get_task
-from ruler.variable_tracking import VT_TASKS
 
 
 def load_tokenizer(path: str | None):
@@ -40,7 +39,7 @@ def parse_value(text: str):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ruler", description="Generate RULER-compatible samples as JSONL.")
-    parser.add_argument("--task", help=f"one of: {', '.join([*TASKS, *VT_TASKS])}")
+    parser.add_argument("--task", help=f"one of: {', '.join([*TASKS, *NON_NIAH_TASKS])}")
     parser.add_argument("--length", type=int, help="token budget of each sample")
     parser.add_argument("--num-samples", type=int, default=100)
     parser.add_argument("--tokenizer", help="a Hugging Face tokenizer/model folder (default: train the project's)")
@@ -52,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for name, spec in TASKS.items():
             print(f"{name:18s} haystack={spec.haystack} keys={spec.key_kind}x{spec.num_keys} values={spec.value_kind}x{spec.num_values} queries={spec.num_queries} split={spec.split}")
-        for name, spec in VT_TASKS.items():
-            print(f"{name:18s} variable tracking: chains={spec.num_chains} hops={spec.num_hops} split={spec.split}")
+        for name, spec in NON_NIAH_TASKS.items():
+            print(f"{name:18s} {spec}")
         return 0
     if not (args.task and args.length and args.out):
         parser.error("--task, --length and --out are required (or --list)")
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         key, value = item.split("=", 1)
         overrides[key] = parse_value(value)
     try:
-        spec = VT_TASKS[args.task].with_options(**overrides) if args.task in VT_TASKS else get_task(args.task, **overrides)
+        spec = NON_NIAH_TASKS[args.task].with_options(**overrides) if args.task in NON_NIAH_TASKS else get_task(args.task, **overrides)
     except ValueError as err:
         parser.error(str(err))
     tokenizer = load_tokenizer(args.tokenizer)

@@ -9,18 +9,22 @@ import itertools
 import json
 import random
 
-from ruler.haystacks import Haystack
+from ruler.haystacks import Haystack, warn_if_repeated
 from ruler.keys import distinct, make_key, make_value
 from ruler.render import annotate_tokens, encode, render, use_chat
 from ruler.sample import Needle, Sample, Turn
 from ruler.seeding import sample_seed
 from ruler.tasks import TaskSpec, get_task
 from ruler.templates import NEEDLE_TEMPLATES, ORDINAL_QUERY, ORDINALS, instruction, join_queries, question_and_prefix
-from ruler.variable_tracking import VT_TASKS, VTSpec, generate_vt
+from ruler.variable_tracking import VT_TASKS, VTSpec
+from ruler.word_extraction import WORD_TASKS, WordsSpec
 
 
 class LengthError(ValueError):
     pass
+
+
+NON_NIAH_TASKS = {**VT_TASKS, **WORD_TASKS}  # RULER's variable tracking, common and frequent words
 
 
 def partitions(num_queries: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -145,11 +149,11 @@ def _build(draw, spec, task, length, index, n_units, caps, tokenizer, chat) -> S
     return sample
 
 
-def generate(task: str | TaskSpec | VTSpec, length: int, index: int, tokenizer, base_seed: int = 0, **overrides) -> Sample:
+def generate(task: str | TaskSpec | VTSpec | WordsSpec, length: int, index: int, tokenizer, base_seed: int = 0, **overrides) -> Sample:
     """One sample of `task` fitted to `length` tokens (prompt + turns + reserved answers)."""
-    if isinstance(task, VTSpec) or task in VT_TASKS:  # RULER's variable tracking (ruler/variable_tracking.py)
-        spec = VT_TASKS[task] if isinstance(task, str) else task
-        return generate_vt(spec.with_options(**overrides) if overrides else spec, length, index, tokenizer, base_seed)
+    if isinstance(task, (VTSpec, WordsSpec)) or task in NON_NIAH_TASKS:  # vt, cwe, fwe: their own generators
+        spec = NON_NIAH_TASKS[task] if isinstance(task, str) else task
+        return (spec.with_options(**overrides) if overrides else spec).generate(length, index, tokenizer, base_seed)
     spec = get_task(task, **overrides) if isinstance(task, str) else (task.with_options(**overrides) if overrides else task)
     seed = sample_seed(spec.name, length, index, base_seed)
     draw = _Draw(spec, seed)
@@ -163,6 +167,7 @@ def generate(task: str | TaskSpec | VTSpec, length: int, index: int, tokenizer, 
         late = [[j for j, n in enumerate(sample.needles) if n.token_end > limits[0]],
                 [j for j, n in enumerate(sample.needles) if later[j] and n.token_end > limits[1]]]
         if not late[0] and not late[1]:
+            warn_if_repeated(draw.haystack, sample.num_units, spec.name)
             return sample
         # Caps act on drawn depths (fractions of haystack characters): move each offending needle's
         # drawn depth back by its overshoot plus one unit, and refit.

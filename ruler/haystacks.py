@@ -22,15 +22,47 @@ def _sentences(text: str) -> tuple[str, ...]:
     return tuple(p for p in parts if p)
 
 
+def corpus_text(path: Path) -> str:
+    """The essay corpus at `path`: a text file, a folder of .txt files (sorted by name), or RULER's
+    PaulGrahamEssays.json (its "text" field, as RULER's scripts write it)."""
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            raise FileNotFoundError(f"essay corpus folder {path} holds no .txt file (essay_path)")
+        return "\n".join(f.read_text(encoding="utf-8") for f in files)
+    if not path.is_file():
+        raise FileNotFoundError(f"essay corpus {path} does not exist (essay_path)")
+    if path.suffix == ".json":
+        import json
+
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("text"), str):
+            raise ValueError(f"{path}: expected RULER's PaulGrahamEssays.json, an object with a \"text\" string")
+        return data["text"]
+    return path.read_text(encoding="utf-8")
+
+
 @lru_cache(maxsize=8)
 def essay_sentences(path: str) -> tuple[str, ...]:
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"essay haystack file {file} does not exist (essay_path)")
-    sentences = _sentences(file.read_text(encoding="utf-8"))
+    sentences = _sentences(corpus_text(Path(path)))
     if not sentences:
-        raise ValueError(f"essay haystack file {file} has no text")
+        raise ValueError(f"essay corpus {path} has no text")
     return sentences
+
+
+def warn_if_repeated(haystack: "Haystack", units: int, task: str) -> None:
+    """Repeating the corpus inside one sample is a weaker haystack: say so (once per corpus and size)."""
+    if haystack.kind == "essay" and units > len(haystack._cycle):
+        _warn_repeat(haystack.source, len(haystack._cycle), task)
+
+
+@lru_cache(maxsize=64)
+def _warn_repeat(source: str, sentences: int, task: str) -> None:
+    import warnings
+
+    warnings.warn(f"{task}: the essay corpus {source} has {sentences} sentences and a sample needs more, so its text "
+                  "repeats inside the sample; point essay_path at a larger corpus (a folder of .txt files or RULER's "
+                  "PaulGrahamEssays.json)", stacklevel=3)
 
 
 class Haystack:
@@ -47,7 +79,8 @@ class Haystack:
         elif kind == "noise":  # the embedded model's: one sentence per unit, joined by spaces
             self._cycle, self.separator = _sentences(NOISE), " "
         elif kind == "essay":
-            self._cycle, self.separator = essay_sentences(str(essay_path or DEFAULT_ESSAY)), " "
+            self.source = str(essay_path or DEFAULT_ESSAY)
+            self._cycle, self.separator = essay_sentences(self.source), " "
         elif kind == "needle":
             self._cycle, self.separator = (), "\n"
         else:

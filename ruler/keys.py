@@ -7,19 +7,30 @@ import uuid
 from functools import lru_cache
 from pathlib import Path
 
-KEY_KINDS = ("words", "word", "numbers", "artifact", "uuids")
+KEY_KINDS = ("words", "noun_pairs", "word", "numbers", "artifact", "uuids")
+DATA = Path(__file__).parent / "data"
 VALUE_KINDS = ("numbers", "uuids")
 TYPE_NAMES = {"numbers": "numbers", "uuids": "uuids"}
 
 
 @lru_cache(maxsize=1)
 def word_list() -> tuple[str, ...]:
-    words = (Path(__file__).parent / "data" / "words.txt").read_text().split()
+    words = (DATA / "words.txt").read_text().split()
     return tuple(sorted(set(words)))
 
 
+@lru_cache(maxsize=2)
+def wonderwords(part: str) -> tuple[str, ...]:
+    """wonderwords' adjective or noun list (ruler/data/{adjectives,nouns}.txt, MIT, ruler/data/WONDERWORDS_LICENSE),
+    the lists RULER's keys are drawn from; a line is one entry, spaces included."""
+    lines = (DATA / f"{part}.txt").read_text(encoding="utf-8").splitlines()
+    return tuple(sorted({line.strip() for line in lines if line.strip()}))
+
+
 def make_key(kind: str, rng: random.Random) -> str:
-    if kind == "words":  # RULER's word-pair keys
+    if kind == "words":  # RULER's: an adjective-noun pair, uniform over every pair
+        return f"{rng.choice(wonderwords('adjectives'))}-{rng.choice(wonderwords('nouns'))}"
+    if kind == "noun_pairs":  # this project's earlier keys: two distinct words of its own list
         a, b = rng.sample(word_list(), 2)
         return f"{a}-{b}"
     if kind == "word":  # one word: a single token for a tokenizer trained on these words

@@ -10,6 +10,8 @@ searching for content that a template may have trimmed (Llama-3.1's trims every 
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -104,20 +106,34 @@ def annotate_tokens(sample: Sample, tokenizer, rendered: Rendered | None = None)
     """Token ids of the prompt; fills each needle's token and value-token spans and depth."""
     rendered = rendered or render(sample, tokenizer)
     enc = tokenizer(rendered.prompt_text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    ids, spans = enc["input_ids"], TokenSpans(enc["offset_mapping"])
     for needle in sample.needles:
         a, b = needle.start + rendered.prompt_offset, needle.end + rendered.prompt_offset
-        needle.token_start, needle.token_end = char_span_to_tokens(offsets, a, b)
+        needle.token_start, needle.token_end = spans.cover(a, b)
         va, vb = needle.value_start + rendered.prompt_offset, needle.value_end + rendered.prompt_offset
-        needle.value_token_start, needle.value_token_end = char_span_to_tokens(offsets, va, vb)
+        needle.value_token_start, needle.value_token_end = spans.cover(va, vb)
         ka = needle.start + needle.text.rindex(needle.key, 0, needle.value_start - needle.start) + rendered.prompt_offset
-        needle.answer_token_start, needle.answer_token_end = char_span_to_tokens(offsets, min(ka, va), vb)
+        needle.answer_token_start, needle.answer_token_end = spans.cover(min(ka, va), vb)
         needle.depth = needle.token_start / max(len(ids), 1)
     return ids
 
 
+class TokenSpans:
+    """Character offsets of a text's tokens, searched by bisection (thousands of spans per sample)."""
+
+    def __init__(self, offsets):
+        self.starts = [s for s, _ in offsets]
+        self.ends = list(itertools.accumulate((e for _, e in offsets), max))  # running max: monotone for bisect
+
+    def cover(self, start: int, end: int) -> tuple[int, int]:
+        """Smallest token range [i, j) whose characters cover [start, end)."""
+        i = bisect.bisect_right(self.ends, start)
+        j = bisect.bisect_left(self.starts, end)
+        if i >= len(self.starts) or j <= i:
+            raise ValueError(f"characters [{start}, {end}) are covered by no token")
+        return i, j
+
+
 def char_span_to_tokens(offsets, start: int, end: int) -> tuple[int, int]:
     """Smallest token range [i, j) whose characters cover [start, end)."""
-    i = next(t for t, (s, e) in enumerate(offsets) if e > start)
-    j = next(t for t in range(len(offsets) - 1, -1, -1) if offsets[t][0] < end) + 1
-    return i, j
+    return TokenSpans(offsets).cover(start, end)

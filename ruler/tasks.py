@@ -20,7 +20,7 @@ class TaskSpec:
 
     name: str
     haystack: str = "noise"  # noise | essay | needle (distractor needles)
-    key_kind: str = "words"  # words | numbers | artifact | uuids
+    key_kind: str = "words"  # words (RULER's adjective-noun pairs) | noun_pairs (ours) | word | numbers | artifact | uuids
     value_kind: str = "numbers"  # numbers | uuids
     value_digits: int = 7
     num_keys: int = 1  # keys with needles in the context
@@ -52,7 +52,9 @@ class TaskSpec:
     # "ruler": RULER's needle ("... for falcon is: 1234."); "tagged": the key directly before
     # its value ("... is: falcon1234.", the embedded model's variant).
     needle_style: str = "ruler"
-    essay_path: str | None = None  # any local text file; default: ruler/data/essay.txt
+    # the essay haystack's corpus: a text file, a folder of .txt files, or RULER's PaulGrahamEssays.json;
+    # default: ruler/data/essay.txt (self-written, repeated when a sample needs more, with a warning)
+    essay_path: str | None = None
     chat: bool | None = None  # None = use the tokenizer's chat template when it has one
     extra: dict = field(default_factory=dict, compare=False)
 

@@ -44,6 +44,9 @@ class VTSpec:
     example: bool = True  # RULER's one solved example before the task
     chat: bool | None = None
 
+    def generate(self, length: int, index: int, tokenizer, base_seed: int = 0) -> Sample:
+        return generate_vt(self, length, index, tokenizer, base_seed)
+
     def with_options(self, **overrides) -> "VTSpec":
         from dataclasses import fields, replace
 

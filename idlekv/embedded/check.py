@@ -3,13 +3,13 @@
 On held-out samples of the repair phase's setting (mq_niah_4q_embedded, split clean, at the
 phase's length), answer turn 1 from the full cache, then turn 2 three ways: full cache,
 with the turn-2 needles' rows removed from every layer, and with as many random haystack
-rows removed. Prints and saves the fraction of turn-2 gold values recovered.
+rows removed. Prints and saves the fraction of turn-2 gold values recovered, each with n and a
+95% bootstrap interval, the paired differences, and the per-sample rows beside the summary.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from ruler import generate
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def check(model_dir: Path, samples: int, length: int, base_seed: int, max_new_tokens: int, run_dir: Path) -> dict:
+def check(model_dir: Path, samples: int, length: int, base_seed: int, max_new_tokens: int, run_dir: Path):
     """Resumable: one row per sample in a result store under `run_dir` (locked to the model and settings)."""
     from idlekv.models import weights_fingerprint
     from idlekv.results import ResultStore
@@ -45,9 +45,28 @@ def check(model_dir: Path, samples: int, length: int, base_seed: int, max_new_to
                     row["turn1_full"] = results[0].accuracy
             store.append(row)
         frame = store.to_frame()
-    mean = frame.drop(columns="index").mean()
-    return {**settings, "haystack_share": mean["haystack_share"],
-            **{k: mean[k] for k in ("turn2_full", "turn2_queried_removed", "turn2_random_removed", "turn1_full")}}
+    return frame, settings
+
+
+MEASURES = ("turn2_full", "turn2_queried_removed", "turn2_random_removed", "turn1_full", "haystack_share")
+
+
+def summary(frame, settings: dict):
+    """One line per measure: n, the mean and its 95% bootstrap interval; then full minus each removal, paired."""
+    import pandas as pd
+
+    from idlekv.intervals import bootstrap, paired
+
+    frame = frame.sort_values("index")
+    lines = [{**settings, "measure": m, **_interval(bootstrap(frame[m].to_numpy()))} for m in MEASURES]
+    for removed in ("turn2_queried_removed", "turn2_random_removed"):
+        d = paired(frame["turn2_full"].to_numpy(), frame[removed].to_numpy())
+        lines.append({**settings, "measure": f"turn2_full - {removed}", **_interval(d)})
+    return pd.DataFrame(lines)
+
+
+def _interval(i) -> dict:
+    return {"n": i.n, "mean": round(i.mean, 4), "ci_low": round(i.low, 4), "ci_high": round(i.high, 4)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,17 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", default="runs/check_model", help="the resumable rows of this check")
     parser.add_argument("--publish", action="store_true", help="also write saved_results/embedded_model_check.csv")
     args = parser.parse_args(argv)
-    result = check(ROOT / args.model, args.samples, args.length, args.base_seed, args.max_new_tokens, ROOT / args.run_dir)
-    print(json.dumps(result, indent=2))
-    import pandas as pd
-
-    from phases.publish import atomic_path
+    frame, settings = check(ROOT / args.model, args.samples, args.length, args.base_seed, args.max_new_tokens, ROOT / args.run_dir)
+    table = summary(frame, settings)
+    print(table[["measure", "n", "mean", "ci_low", "ci_high"]].to_string(index=False))
+    from phases.publish import companion, write_tables
 
     outs = [ROOT / args.run_dir / "summary.csv"] + ([ROOT / "saved_results/embedded_model_check.csv"] if args.publish else [])
     for out in outs:
-        with atomic_path(out) as tmp:
-            pd.DataFrame([result]).to_csv(tmp, index=False)
-        print(f"wrote {out}")
+        for path in write_tables({out: table, companion(out, "rows"): frame.sort_values("index")}):
+            print(f"wrote {path}")
     return 0
 
 

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from idlekv.engine import RepairEngine
+from idlekv.intervals import interval_columns
 from phases.common import ROOT, load_phase_model, phase_main
 from phases.phase03_repair.run import engine_from_config, phase_sample
 from phases.publish import atomic_path
@@ -100,9 +101,11 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     profile = pd.concat(frames, ignore_index=True)
     csv = run_dir / RUN_CSV
     csv.parent.mkdir(parents=True, exist_ok=True)
-    table = profile.groupby(["split", "class", "band", "lo", "layer", "head"], as_index=False)["share"].mean().sort_values(["split", "class", "lo", "layer", "head"])
+    # per (layer, head, band): the mean share over samples, with n and its 95% bootstrap interval
+    table = interval_columns(profile, ["split", "class", "band", "lo", "layer", "head"], "share")
+    table = table.sort_values(["split", "class", "lo", "layer", "head"]).drop(columns="lo")
     with atomic_path(csv) as tmp:
-        table.drop(columns="lo").round({"share": 4}).to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False)
     print(profile.groupby(["class", "lo", "band"])["share"].mean().unstack("class").droplevel("lo").round(3).to_string())
     for b in budgets:
         e = enrichment(profile, b, max_k)

@@ -24,7 +24,7 @@ from phases.common import ROOT, load_phase_model, locked_model, phase_main, rule
 from phases.phase03_repair.report import compact, paired_differences, summarize, write_frontier, write_regime
 from phases.publish import atomic_path, companion, report_run, write_tables
 from ruler import generate
-from ruler.variable_tracking import VT_TASKS
+from ruler.generation import NON_NIAH_TASKS
 
 KEY_FIELDS = ("task", "split", "index", "condition", "B", "K")
 GRID_KEYS = ("phase.ks", "phase.budgets")  # what a sweep may vary between jobs (see idlekv/collect.py)
@@ -63,10 +63,10 @@ def phase_sample(phase: DictConfig, label: str, index: int, tokenizer):
     """Sample `index` of the split `label`, as the phase config defines them.
 
     `+phase.num_distractors=N` adds N needles that no turn asks about (RULER's multikey distractors).
-    A variable-tracking task (vt_split) takes its split's options only: its chains are its needles.
+    A non-NIAH task (vt_split, cwe, fwe) takes its split's options only: its own rows are its needles.
     """
     options = OmegaConf.to_container(phase.splits[label])
-    if phase.task not in VT_TASKS:
+    if phase.task not in NON_NIAH_TASKS:
         options.update(num_keys=phase.num_keys + phase.get("num_distractors", 0), num_queries=phase.num_keys)
     return generate(phase.task, phase.length, index, tokenizer, phase.base_seed, **options)
 

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from idlekv.engine import RepairEngine
+from idlekv.intervals import interval_columns
 from phases.common import ROOT, load_phase_model, phase_main
 from phases.phase03_repair.run import engine_from_config, phase_sample
 from phases.publish import atomic_path
@@ -83,12 +84,15 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     for index in tqdm(range(phase.num_samples), desc=f"{phase.name} signal profile", unit="sample"):
         rows += sample_profile(engine, phase_sample(phase, label, index, lm.tokenizer), budget, k)
     frame = pd.DataFrame(rows)
-    per_layer = frame.groupby(["signal", "layer"], sort=False)[["value_recall", *CLASSES]].mean()
-    every = frame.groupby("signal", sort=False)[["value_recall", *CLASSES]].mean().assign(layer="all").set_index("layer", append=True)
-    table = pd.concat([every, per_layer]).round(4).reset_index()
-    table.insert(2, "n", frame["index"].nunique())
-    table.insert(3, "B", budget)
-    table.insert(4, "K", k)
+    every = frame.groupby(["signal", "index"], sort=False)[["value_recall", *CLASSES]].mean().reset_index().assign(layer="all")
+    both = pd.concat([every, frame], ignore_index=True)
+    both["layer"] = both["layer"].astype(str)
+    # per signal and layer ("all": each sample's mean over layers): value recall with n and a 95% interval
+    table = interval_columns(both, ["signal", "layer"], "value_recall")
+    shares = both.groupby(["signal", "layer"], sort=True)[list(CLASSES)].mean().round(4).reset_index()
+    table = table.merge(shares, on=["signal", "layer"])
+    table.insert(2, "B", budget)
+    table.insert(3, "K", k)
     print(f"{phase.name}, seed {phase.base_seed}: the share of each signal's top {k} warm rows per head in each class, "
           "and the asked values' warm rows it holds")
     print(table.to_string(index=False))
