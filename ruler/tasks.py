@@ -131,6 +131,10 @@ TASKS: dict[str, TaskSpec] = {
                  num_queries=4, split="balanced", answer_format="mirror", answer_tokens=24, **EMBEDDED),
         TaskSpec("mq_niah_4q_embedded_needles", haystack="needle", key_kind="word", value_digits=4, num_keys=4,
                  num_queries=4, split="balanced", answer_format="mirror", answer_tokens=24, **EMBEDDED),
+        # The distractor-needle haystack in the final (tagged) format: every haystack row a needle no
+        # turn asks about, where a wrong question should not help (models/embedded_distractors).
+        TaskSpec("mq_niah_4q_embedded_distractors", haystack="needle", key_kind="word", value_digits=4, num_keys=4,
+                 num_queries=4, split="balanced", answer_format="tagged", needle_style="tagged", answer_tokens=24, **EMBEDDED),
     ]
 }
 

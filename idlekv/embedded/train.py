@@ -47,7 +47,7 @@ class TrainConfig:
     eval_samples: int = 48
     checkpoint_every: int = 250
     max_minutes: float | None = None  # stop (resumably) after this long
-    init_from: str | None = None  # start from another run's checkpoint weights (fine-tuning)
+    init_from: str | None = None  # start from another run's checkpoint.pt or an exported model folder (fine-tuning)
     stop_after: int | None = None  # stop (and save) at this step; the schedule still spans `steps`
     curriculum: Curriculum = field(default_factory=Curriculum)
 
@@ -150,6 +150,18 @@ def save_checkpoint(path: Path, model, optimizer, step: int, cfg: TrainConfig, l
     tmp.replace(path)
 
 
+def initial_weights(path: Path, device: str) -> dict:
+    """Weights to fine-tune from: another run's checkpoint.pt, or an exported model folder (e.g. models/embedded)."""
+    if path.is_dir():
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path / "model.safetensors"), device=device)
+        if "lm_head.weight" not in weights and "model.embed_tokens.weight" in weights:  # tied embeddings are saved once
+            weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
+        return weights
+    return torch.load(path, map_location=device, weights_only=False)["model"]
+
+
 def export(model, tokenizer, cfg: TrainConfig, log: list, elapsed: float, step: int, tokens_seen: int) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -191,7 +203,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         step, log, elapsed = state["step"], state["log"], state["elapsed"]
         print(f"resuming from step {step} ({elapsed / 60:.1f} min done)", flush=True)
     elif cfg.init_from:
-        model.load_state_dict(torch.load(cfg.init_from, map_location=device, weights_only=False)["model"])
+        model.load_state_dict(initial_weights(Path(cfg.init_from), device))
         print(f"initialised from {cfg.init_from}", flush=True)
     heldout = heldout_set(cfg, tokenizer)
     heldout_short = heldout_set(cfg, tokenizer, length=320)  # progress is visible here first
