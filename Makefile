@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # wheels); with CUDA keep the user's torch by letting the venv see system packages.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: setup test test-slow test-all lint publish multiturn bench-cache bench-repair gpu-check memory-check tiny-model check-model phase01 probe retention repair policy rank-profile collect clean help
+.PHONY: setup test test-slow test-all lint publish multiturn bench-cache bench-repair gpu-check memory-check tiny-model check-model phase01 probe retention repair policy rank-profile collect paper clean help
 
 help:
 	@echo "make setup        create .venv and install the project (+dev extras)"
@@ -29,6 +29,7 @@ help:
 	@echo "make rank-profile where the turn-1 rule ranks each needle: why Matched does or does not rise with K"
 	@echo "make multiturn    phase04: five turns, one cache per condition carried across them, repaired at every pause"
 	@echo "make policy       phase06: the repair under every turn-1 retention rule (Matched, IdleKV, Random-K per rule)"
+	@echo "make paper        paper/main.pdf from saved_results/ (needs: apt-get install latexmk texlive-latex-recommended texlive-latex-extra)"
 
 setup: $(STAMP)
 
@@ -91,6 +92,9 @@ repair: setup
 
 multiturn: setup
 	$(BIN)/python -m phases.phase04_multiturn.run experiment=phase04_multiturn
+
+paper: setup
+	$(BIN)/python paper/scripts/build.py
 
 policy: setup
 	$(BIN)/python -m phases.phase06_policy_sensitivity.run experiment=phase06_policy_sensitivity

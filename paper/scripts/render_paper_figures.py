@@ -1,0 +1,214 @@
+"""Every figure the paper uses, from saved_results/ only, in one style (paper/scripts/style.py).
+
+    python paper/scripts/render_paper_figures.py [--saved saved_results] [--out paper/generated/figures]
+
+Each figure is written as vector PDF (for LaTeX) and PNG, deterministically: the same CSVs give
+the same bytes. FIGURES is the registry; main.tex includes figures by these names.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# this folder holds numbers.py, which must not shadow the standard `numbers`: search it last (for style.py)
+_HERE = Path(__file__).resolve().parent
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
+
+import argparse  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import style  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+FRONTIER = ["IdleKV+kept-anchors", "IdleKV", "SpanRef-K", "Refresh-buffered", "Matched", "Random-K", "Oldest-K"]
+RULE_ORDER = ["snapkv", "snapkv_max", "snapkv_reference", "adakv", "pyramidkv", "arkv", "h2o", "streaming_llm", "scissorhands", "tova"]
+
+
+def _errorbar(ax, x, line: pd.DataFrame, mean: str, label: str, colour: str, **kw) -> None:
+    ax.errorbar(x, line[mean], yerr=[line[mean] - line["ci_low"], line["ci_high"] - line[mean]], color=colour, marker="o",
+                markersize=2.5, capsize=1.5, elinewidth=0.7, linewidth=1, label=label, **kw)
+
+
+def _frontier_panel(ax, part: pd.DataFrame, conditions: list[str]) -> None:
+    full = part[part["condition"] == "Full"]
+    if len(full):
+        ax.axhline(full["accuracy"].mean(), color=style.colour("Full"), linestyle="--", linewidth=0.8, label="Full")
+    for name in conditions:
+        line = part[part["condition"] == name].sort_values("K")
+        if len(line):
+            _errorbar(ax, line["K"], line, "accuracy", name, style.colour(name), linestyle=":" if name == "SpanRef-K" else "-")
+    ax.set_xticks(sorted(part["K"].unique()))
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("K (rows promoted)")
+
+
+def frontier_4q(saved: Path):
+    import matplotlib.pyplot as plt
+
+    summary = pd.read_csv(saved / "phase03_repair_4q.csv")
+    budgets = sorted(summary["B"].unique())
+    fig, axes = plt.subplots(1, len(budgets), figsize=(6.6, 2.5), sharey=True, squeeze=False)
+    for ax, b in zip(axes[0], budgets):
+        _frontier_panel(ax, summary[summary["B"] == b], FRONTIER)
+        ax.set_title(f"B = {b}")
+    axes[0][0].set_ylabel("turn-2 values recovered")
+    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    return fig
+
+
+def needle_counts(saved: Path):
+    import matplotlib.pyplot as plt
+
+    names = [f"phase03_repair_{n}q" for n in (2, 4, 6, 8)]
+    fig, axes = plt.subplots(1, 4, figsize=(6.6, 2.1), sharey=True)
+    for ax, name in zip(axes, names):
+        summary = pd.read_csv(saved / f"{name}.csv")
+        b = sorted(summary["B"].unique())[0]
+        _frontier_panel(ax, summary[summary["B"] == b], ["IdleKV", "Matched", "Random-K"])
+        ax.set_title(f"{name.rsplit('_', 1)[1].upper()}, B = {b}")
+    axes[0].set_ylabel("turn-2 values recovered")
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    return fig
+
+
+def specificity(saved: Path):
+    import matplotlib.pyplot as plt
+
+    summary = pd.read_csv(saved / "phase03_specificity_4q.csv")
+    part = summary[summary["K"] == summary["K"].max()].sort_values("accuracy")
+    fig, ax = plt.subplots(figsize=(3.3, 2.9))
+    y = range(len(part))
+    ax.barh(list(y), part["accuracy"], xerr=[part["accuracy"] - part["ci_low"], part["ci_high"] - part["accuracy"]],
+            color=[style.colour(c.replace("+kept-anchors", "")) for c in part["condition"]], capsize=1.5, error_kw={"elinewidth": 0.7})
+    ax.set_yticks(list(y), part["condition"])
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel(f"turn-2 values recovered (B = {int(part['B'].iloc[0])}, K = {int(part['K'].iloc[0])})")
+    return fig
+
+
+def regime(saved: Path):
+    import matplotlib.pyplot as plt
+
+    pairs = pd.read_csv(saved / "phase03_regime_4q_pairs.csv")
+    summary = pd.read_csv(saved / "phase03_regime_4q.csv")
+    gain = pairs[pairs["difference"] == "IdleKV - Matched"]
+    budgets, ks = sorted(gain["B"].unique()), sorted(gain["K"].unique())
+    grid = gain.set_index(["B", "K"])
+    fig, ax = plt.subplots(figsize=(4.4, 2.6))
+    ax.grid(False)
+    image = ax.imshow([[grid.loc[(b, k), "mean"] for k in ks] for b in budgets], cmap="RdBu", vmin=-1, vmax=1, origin="lower", aspect="auto")
+    for i, b in enumerate(budgets):
+        for j, k in enumerate(ks):
+            c = grid.loc[(b, k)]
+            ax.text(j, i, f"{c['mean']:+.2f}\n[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]", ha="center", va="center", fontsize=5)
+    context = summary["context_tokens"].mean()
+    ax.set_xticks(range(len(ks)), [str(k) for k in ks])
+    ax.set_yticks(range(len(budgets)), [f"{b} ({b / context:.0%})" for b in budgets])
+    ax.set_xlabel("K")
+    ax.set_ylabel("B (share of the context)")
+    fig.colorbar(image, ax=ax, fraction=0.05, label="IdleKV - Matched")
+    return fig
+
+
+def multiturn(saved: Path):
+    import matplotlib.pyplot as plt
+
+    summary = pd.read_csv(saved / "phase04_multiturn.csv")
+    part = summary[(summary["variant"] == "cumulative") & summary["turn"].astype(str).str.isdigit()]
+    fig, ax = plt.subplots(figsize=(3.3, 2.3))
+    for name, line in part.groupby("condition", sort=False):
+        if " - " in name:
+            continue
+        line = line.assign(turn=line["turn"].astype(int)).sort_values("turn")
+        _errorbar(ax, line["turn"], line, "accuracy", name, style.colour(name))
+    ax.set_xticks(sorted(part["turn"].astype(int).unique()))
+    ax.set_xlabel("turn")
+    ax.set_ylabel("values recovered")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    return fig
+
+
+def policy(saved: Path):
+    import matplotlib.pyplot as plt
+
+    pairs = pd.read_csv(saved / "phase06_policy_sensitivity_pairs.csv")
+    part = pairs[(pairs["difference"] == "IdleKV - Matched") & (pairs["K"] == pairs["K"].max())]
+    part = part.set_index("rule").loc[[r for r in RULE_ORDER if r in set(part["rule"])]].reset_index()
+    fig, ax = plt.subplots(figsize=(3.3, 2.3))
+    x = range(len(part))
+    ax.bar(list(x), part["mean"], yerr=[part["mean"] - part["ci_low"], part["ci_high"] - part["mean"]], color=style.colour("IdleKV"),
+           capsize=1.5, error_kw={"elinewidth": 0.7})
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xticks(list(x), part["rule"], rotation=40, ha="right")
+    ax.set_ylabel(f"IdleKV - Matched (K = {int(part['K'].iloc[0])})")
+    return fig
+
+
+def retention(saved: Path):
+    import matplotlib.pyplot as plt
+
+    summary = pd.read_csv(saved / "phase02_retention.csv")
+    part = summary[(summary["task"] == "mq_niah_4q") & (summary["mode"] == "aware")]
+    rules = [r for r in RULE_ORDER if r in set(part["rule"])]
+    palette = dict(zip(RULE_ORDER, ["#0072B2", "#56B4E9", "#7F7F7F", "#009E73", "#E69F00", "#D55E00", "#CC79A7", "#000000", "#882255", "#F0E442"]))
+    fig, ax = plt.subplots(figsize=(3.3, 2.3))
+    full = part[part["rule"] == "keep_all"]["accuracy"]
+    if len(full):
+        ax.axhline(float(full.iloc[0]), color="black", linestyle="--", linewidth=0.8, label="full cache")
+    for rule in rules:
+        line = part[part["rule"] == rule].sort_values("budget_fraction")
+        _errorbar(ax, line["budget_fraction"], line, "accuracy", rule, palette[rule])
+    ax.set_xlabel("context rows kept (fraction)")
+    ax.set_ylabel("values recovered")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    return fig
+
+
+def full_cache(saved: Path):
+    import matplotlib.pyplot as plt
+
+    summary = pd.read_csv(saved / "phase01_full_cache.csv")
+    part = summary[summary["task"] == "mq_niah"]
+    fig, ax = plt.subplots(figsize=(3.3, 2.1))
+    colours = ["#0072B2", "#E69F00", "#009E73", "#CC79A7"]
+    for colour, (keys, line) in zip(colours, part.groupby("num_keys")):
+        _errorbar(ax, line["length"], line.sort_values("length"), "accuracy", f"{keys} needles", colour)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("values recovered")
+    ax.set_ylim(0.5, 1.02)
+    ax.legend(frameon=False)
+    return fig
+
+
+FIGURES: dict[str, Callable] = {
+    "fig_frontier_4q": frontier_4q, "fig_needle_counts": needle_counts, "fig_specificity": specificity, "fig_regime": regime,
+    "fig_multiturn": multiturn, "fig_policy": policy, "fig_retention": retention, "fig_full_cache": full_cache,
+}
+
+
+def render(saved: Path, out: Path) -> list[Path]:
+    style.apply()
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, draw in FIGURES.items():
+        written += style.save(draw(saved), out / name)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--saved", default=str(ROOT / "saved_results"))
+    parser.add_argument("--out", default=str(ROOT / "paper" / "generated" / "figures"))
+    args = parser.parse_args(argv)
+    for path in render(Path(args.saved), Path(args.out)):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
