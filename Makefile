@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # wheels); with CUDA keep the user's torch by letting the venv see system packages.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: setup test test-slow test-all lint publish multiturn bench-cache bench-repair gpu-check memory-check tiny-model check-model phase01 probe retention repair policy rank-profile collect paper clean help
+.PHONY: setup test test-slow test-all lint publish multiturn bench-cache bench-repair gpu-check memory-check tiny-model tiny-model-distractors check-model phase01 probe retention repair policy rank-profile collect paper clean help
 
 help:
 	@echo "make setup        create .venv and install the project (+dev extras)"
@@ -19,6 +19,7 @@ help:
 	@echo "make memory-check peak KV memory at 32K for the Qwen2.5-7B and Llama-3.1-8B shapes vs the prediction"
 	@echo "make lint         ruff check (the tests run it too)"
 	@echo "make tiny-model   train the embedded model into models/embedded (resumable)"
+	@echo "make tiny-model-distractors  stage 7: models/embedded fine-tuned on the distractor-needle haystack (models/embedded_distractors)"
 	@echo "make check-model  the embedded model's retrieval and needle-row ablations (200 held-out samples)"
 	@echo "make phase01      the full-cache gate on the embedded model"
 	@echo "make probe        train the learned-relevance probe on the embedded model's own attention"
@@ -74,6 +75,9 @@ tiny-model: setup
 	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/stage4_keys.yaml
 	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/stage5_tagged.yaml
 	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/stage6_long.yaml
+
+tiny-model-distractors: setup
+	$(BIN)/python -m idlekv.embedded.train --config configs/embedded/stage7_distractors.yaml
 
 check-model: setup
 	$(BIN)/python -m idlekv.embedded.check

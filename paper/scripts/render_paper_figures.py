@@ -58,6 +58,19 @@ def frontier_4q(saved: Path):
     return fig
 
 
+def snapkv_max(saved: Path):
+    import matplotlib.pyplot as plt
+
+    summary = pd.read_csv(saved / "phase03_repair_4q_snapkv.csv")
+    fig, axes = plt.subplots(1, 2, figsize=(6.6, 2.2), sharey=True)
+    for ax, b in zip(axes, sorted(summary["B"].unique())):
+        _frontier_panel(ax, summary[summary["B"] == b], ["IdleKV", "Matched", "Random-K", "Oldest-K"])
+        ax.set_title(f"SnapKV-max as the turn-one rule, B = {b}")
+    axes[0].set_ylabel("turn-2 values recovered")
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    return fig
+
+
 def needle_counts(saved: Path):
     import matplotlib.pyplot as plt
 
@@ -85,6 +98,46 @@ def specificity(saved: Path):
     ax.set_yticks(list(y), part["condition"])
     ax.set_xlim(0, 1.02)
     ax.set_xlabel(f"turn-2 values recovered (B = {int(part['B'].iloc[0])}, K = {int(part['K'].iloc[0])})")
+    return fig
+
+
+def replication(saved: Path):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3.3, 2.1))
+    for name, marker, label in (("phase03_repair_4q", "o", "test seed 777"), ("phase03_repair_4q_seed2", "s", "test seed 1999")):
+        pairs = pd.read_csv(saved / f"{name}_pairs.csv")
+        line = pairs[(pairs["difference"] == "IdleKV - Matched") & (pairs["B"] == 192)].sort_values("K")
+        ax.errorbar(line["K"], line["mean"], yerr=[line["mean"] - line["ci_low"], line["ci_high"] - line["mean"]],
+                    color=style.colour("IdleKV"), marker=marker, markersize=3, capsize=1.5, elinewidth=0.7, linewidth=1,
+                    linestyle="-" if marker == "o" else "--", label=label)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xlabel("K (B = 192)")
+    ax.set_ylabel("IdleKV - Matched")
+    ax.legend(frameon=False)
+    return fig
+
+
+def signal_profile(saved: Path):
+    import matplotlib.pyplot as plt
+
+    profile = pd.read_csv(saved / "phase03_specificity_4q_signal_profile.csv")
+    part = profile[profile["layer"].astype(str) != "all"]
+    signals = ["exact", "proxy", "proxy_centered", "stale"]
+    colours = {"exact": style.colour("IdleKV"), "proxy": style.colour("ProxyQ-K"), "proxy_centered": style.colour("ProxyC-K"),
+               "stale": style.colour("StaleQ-K")}
+    layers = sorted(part["layer"].astype(int).unique())
+    fig, ax = plt.subplots(figsize=(3.3, 2.1))
+    width = 0.8 / len(signals)
+    for i, signal in enumerate(signals):
+        line = part[part["signal"] == signal].assign(layer=lambda f: f["layer"].astype(int)).sort_values("layer")
+        x = [layer + (i - (len(signals) - 1) / 2) * width for layer in line["layer"]]
+        ax.bar(x, line["value_recall"], width, yerr=[line["value_recall"] - line["ci_low"], line["ci_high"] - line["value_recall"]],
+               color=colours[signal], capsize=1, error_kw={"elinewidth": 0.6}, label=signal)
+    ax.set_xticks(layers)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("asked values' rows in the top K")
+    ax.legend(frameon=False)
     return fig
 
 
@@ -186,7 +239,8 @@ def full_cache(saved: Path):
 
 
 FIGURES: dict[str, Callable] = {
-    "fig_frontier_4q": frontier_4q, "fig_needle_counts": needle_counts, "fig_specificity": specificity, "fig_regime": regime,
+    "fig_frontier_4q": frontier_4q, "fig_needle_counts": needle_counts, "fig_snapkv_max": snapkv_max, "fig_specificity": specificity, "fig_replication": replication,
+    "fig_signal_profile": signal_profile, "fig_regime": regime,
     "fig_multiturn": multiturn, "fig_policy": policy, "fig_retention": retention, "fig_full_cache": full_cache,
 }
 
