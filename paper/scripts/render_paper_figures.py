@@ -86,10 +86,10 @@ def needle_counts(saved: Path):
     return fig
 
 
-def specificity(saved: Path):
+def specificity(saved: Path, name: str = "phase03_specificity_4q"):
     import matplotlib.pyplot as plt
 
-    summary = pd.read_csv(saved / "phase03_specificity_4q.csv")
+    summary = pd.read_csv(saved / f"{name}.csv")
     part = summary[summary["K"] == summary["K"].max()].sort_values("accuracy")
     fig, ax = plt.subplots(figsize=(3.3, 2.9))
     y = range(len(part))
@@ -99,6 +99,10 @@ def specificity(saved: Path):
     ax.set_xlim(0, 1.02)
     ax.set_xlabel(f"turn-2 values recovered (B = {int(part['B'].iloc[0])}, K = {int(part['K'].iloc[0])})")
     return fig
+
+
+def specificity_needles(saved: Path):
+    return specificity(saved, "phase03_specificity_4q_needles")
 
 
 def replication(saved: Path):
@@ -239,7 +243,7 @@ def full_cache(saved: Path):
 
 
 FIGURES: dict[str, Callable] = {
-    "fig_frontier_4q": frontier_4q, "fig_needle_counts": needle_counts, "fig_snapkv_max": snapkv_max, "fig_specificity": specificity, "fig_replication": replication,
+    "fig_frontier_4q": frontier_4q, "fig_needle_counts": needle_counts, "fig_snapkv_max": snapkv_max, "fig_specificity": specificity, "fig_specificity_needles": specificity_needles, "fig_replication": replication,
     "fig_signal_profile": signal_profile, "fig_regime": regime,
     "fig_multiturn": multiturn, "fig_policy": policy, "fig_retention": retention, "fig_full_cache": full_cache,
 }
