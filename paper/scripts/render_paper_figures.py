@@ -71,6 +71,28 @@ def snapkv_max(saved: Path):
     return fig
 
 
+def rank_profile(saved: Path):
+    """The share of each row class in the band just past B (what Matched adds), per layer and head."""
+    import matplotlib.pyplot as plt
+
+    panels = (("phase03_repair_4q", 192, 24, "the reference's rule"), ("phase03_repair_4q_snapkv", 64, 24, "SnapKV-max"))
+    fig, axes = plt.subplots(1, 2, figsize=(6.6, 2.0), sharey=True)
+    classes = {"turn-2 needles": style.colour("IdleKV"), "other rows": style.colour("Matched")}
+    for ax, (name, b, k, label) in zip(axes, panels):
+        profile = pd.read_csv(saved / f"{name}_rank_profile.csv")
+        band = profile[profile["band"] == f"{b}-{b + k}"]
+        for i, (cls, colour) in enumerate(classes.items()):
+            part = band[band["class"] == cls].sort_values(["layer", "head"])
+            x = [j + (i - 0.5) * 0.35 for j in range(len(part))]
+            ax.bar(x, part["share"], 0.35, yerr=[part["share"] - part["ci_low"], part["ci_high"] - part["share"]], color=colour,
+                   capsize=1, error_kw={"elinewidth": 0.6}, label=cls)
+            ax.set_xticks(range(len(part)), [f"L{a}H{h}" for a, h in zip(part["layer"], part["head"])], rotation=90)
+        ax.set_title(f"{label}: ranks {b} to {b + k}")
+    axes[0].set_ylabel("share of the class's rows")
+    axes[-1].legend(frameon=False)
+    return fig
+
+
 def needle_counts(saved: Path):
     import matplotlib.pyplot as plt
 
@@ -243,7 +265,7 @@ def full_cache(saved: Path):
 
 
 FIGURES: dict[str, Callable] = {
-    "fig_frontier_4q": frontier_4q, "fig_needle_counts": needle_counts, "fig_snapkv_max": snapkv_max, "fig_specificity": specificity, "fig_specificity_needles": specificity_needles, "fig_replication": replication,
+    "fig_frontier_4q": frontier_4q, "fig_needle_counts": needle_counts, "fig_snapkv_max": snapkv_max, "fig_rank_profile": rank_profile, "fig_specificity": specificity, "fig_specificity_needles": specificity_needles, "fig_replication": replication,
     "fig_signal_profile": signal_profile, "fig_regime": regime,
     "fig_multiturn": multiturn, "fig_policy": policy, "fig_retention": retention, "fig_full_cache": full_cache,
 }
