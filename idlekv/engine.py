@@ -163,10 +163,13 @@ class RepairEngine:
 
     # --- the next-turn signal ---------------------------------------------------------------
     def signals(self, comp: TieredCache, turn_ids: list[int], stale_queries, rule_scores: torch.Tensor,
-                wanted: set[str] | None = None, wrong_turn_ids: list[int] | None = None) -> dict[str, Signal]:
-        """The next-turn signals the conditions use, each computed once per compressed cache."""
+                wanted: set[str] | None = None, wrong_turn_ids: list[int] | None = None,
+                active_visible: list[torch.Tensor] | None = None) -> dict[str, Signal]:
+        """The next-turn signals the conditions use, each computed once per compressed cache
+        (`active_visible`: a ragged plan's padding, which no signal may count)."""
         wanted = {c.signal for c in self.config.conditions if c.signal} if wanted is None else wanted
-        inputs = PauseInputs(self.model, comp, turn_ids, stale_queries, rule_scores, wrong_turn_ids, self.config.chunk_rows)
+        inputs = PauseInputs(self.model, comp, turn_ids, stale_queries, rule_scores, wrong_turn_ids, self.config.chunk_rows,
+                             active_visible)
         return compute_signals(inputs, wanted)
 
     # --- one condition's cache ---------------------------------------------------------------
@@ -292,7 +295,8 @@ class RepairEngine:
         planned = self.compressed(pause, b)
         comp = planned.cache
         with planned.masks(self.model):  # a ragged plan's padding is hidden from the next turn's forward too
-            signals = self.signals(comp, pause.turn_ids, first.question_queries, pause.scores, wrong_turn_ids=pause.wrong_turn_ids)
+            signals = self.signals(comp, pause.turn_ids, first.question_queries, pause.scores, wrong_turn_ids=pause.wrong_turn_ids,
+                                   active_visible=planned.visible)
         memo, tail = {}, root.rows - n_ctx
         # a repair holds the compressed rows (a ragged plan's padding included) + K; a refresh B + K + the tail
         return [Pending(cond, b, k, comp.rows + k if cond.kind == "repair" else b + k + tail,

@@ -138,3 +138,14 @@ def test_the_session_engine_refuses_what_it_cannot_hold(model_and_sample, rule):
     assert not rule.plans_uniform and SnapKV().plans_uniform and ARKV(tri_state=False).plans_uniform
     with pytest.raises(ValueError, match="ragged or tri-state"):
         SessionEngine(model, tok, rule, SessionConfig(B, K, [Condition("Full", "full")]))
+
+
+def test_a_ragged_plans_padding_takes_no_share_of_a_signal(model_and_sample):
+    tok, model, sample = model_and_sample
+    engine, pause = pause_of(tok, model, sample, PyramidKV(sinks=4, recent=16, beta=4))
+    planned = engine.compressed(pause, B)
+    signals = engine.signals(planned.cache, pause.turn_ids, pause.first.question_queries, pause.scores, wanted={"exact"},
+                             active_visible=planned.visible)
+    scores = signals["exact"].scores
+    for layer, visible in enumerate(planned.visible):
+        assert bool((scores.active[layer][~visible] == 0).all()) and bool((scores.active[layer][visible] > 0).any())

@@ -3,7 +3,7 @@
 A plain plan keeps the same number of context rows in every (layer, KV head). A ragged plan
 (PyramidKV per layer, AdaKV per head) holds every head padded to the widest budget: the padding
 rows (the next-ranked, real rows) are masked from attention at the signal's forward and at the
-resume (idlekv/cache/row_mask.py). Where a layer's heads pad by the same count (PyramidKV),
+resume (idlekv/cache/row_mask.py), and take no share of a signal's softmax. Where a layer's heads pad by the same count (PyramidKV),
 the padding rows are also warm candidates, so a repair may restore them; per-head padding
 (AdaKV) is held but cannot be promoted, because the warm tier holds one count per layer. A
 tri-state plan (ARKV) keeps its middle tier as the round trip through its storage precision,

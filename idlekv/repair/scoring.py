@@ -154,8 +154,12 @@ def default_chunk_rows(device: torch.device) -> int:
 
 @torch.no_grad()
 def score_rows(cache: TieredCache, queries: list[torch.Tensor], chunk_rows: int | None = None,
-               compute_dtype: torch.dtype | None = None, max_logit_bytes: int | None = None) -> RowScores:
+               compute_dtype: torch.dtype | None = None, max_logit_bytes: int | None = None,
+               active_visible: list[torch.Tensor] | None = None) -> RowScores:
     """Scores of every active and warm row of `cache` for the next-turn `queries` (per layer (Hq, T, d)).
+
+    `active_visible` (per layer (kv_heads, active rows), False = a ragged plan's masked padding):
+    those rows take no share of the softmax and score 0, as attention never sees them.
 
     The logits' matmuls run in the model's dtype on the model's device (accumulating in
     fp32); the softmax runs in fp32. Warm keys stream in chunks; their logits are kept
@@ -176,6 +180,8 @@ def score_rows(cache: TieredCache, queries: list[torch.Tensor], chunk_rows: int 
         group, tokens = q.shape[0] // heads, q.shape[1]
         q = _grouped_queries(q, heads)
         active = _logits(cache.active.keys(layer)[0].to(dtype), q, buffers, "active")
+        if active_visible is not None:
+            active.masked_fill_(~active_visible[layer].to(device)[:, :, None], float("-inf"))
         lse2 = _log2sumexp2(active, buffers)
         slots, positions = cache.warm.candidates(layer)
         slots, positions = (slots[0], positions[0]) if slots.numel() else (slots.view(heads, 0), positions.view(heads, 0))

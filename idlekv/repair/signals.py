@@ -38,6 +38,7 @@ class PauseInputs:
     rule_scores: torch.Tensor | None = None  # (layers, kv_heads, positions): the turn-1 rule's scores
     wrong_turn_ids: list[int] | None = None  # another sample's next turn
     chunk_rows: int | None = None
+    active_visible: list[torch.Tensor] | None = None  # a ragged plan's padding mask (idlekv/repair/planned.py)
     _forwards: dict = field(default_factory=dict, repr=False)
 
     def forward(self, ids: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor], float]:
@@ -90,24 +91,24 @@ def rule_signal(x: PauseInputs) -> tuple[RowScores, float]:
 @signal("exact")
 def exact_signal(x: PauseInputs) -> tuple[RowScores, float]:
     queries, _, forward = x.forward(x.turn_ids)
-    return score_rows(x.comp, queries, x.chunk_rows), forward
+    return score_rows(x.comp, queries, x.chunk_rows, active_visible=x.active_visible), forward
 
 
 @signal("proxy")
 def proxy_signal(x: PauseInputs) -> tuple[RowScores, float]:
     _, keys, forward = x.forward(x.turn_ids)
-    return score_rows(x.comp, proxy_queries(keys), x.chunk_rows), forward
+    return score_rows(x.comp, proxy_queries(keys), x.chunk_rows, active_visible=x.active_visible), forward
 
 
 @signal("proxy_centered")
 def centered_proxy_signal(x: PauseInputs) -> tuple[RowScores, float]:
     _, keys, forward = x.forward(x.turn_ids)
-    return score_rows(x.comp, centered_proxy_queries(keys, x.comp), x.chunk_rows), forward
+    return score_rows(x.comp, centered_proxy_queries(keys, x.comp), x.chunk_rows, active_visible=x.active_visible), forward
 
 
 @signal("stale")
 def stale_signal(x: PauseInputs) -> tuple[RowScores, float]:
-    return score_rows(x.comp, x.stale_queries, x.chunk_rows), 0.0
+    return score_rows(x.comp, x.stale_queries, x.chunk_rows, active_visible=x.active_visible), 0.0
 
 
 @signal("wrong")
@@ -115,7 +116,7 @@ def wrong_signal(x: PauseInputs) -> tuple[RowScores, float]:
     if x.wrong_turn_ids is None:
         raise ValueError("the wrong signal scores with another sample's next turn; none was given")
     queries, _, forward = x.forward(x.wrong_turn_ids)
-    return score_rows(x.comp, queries, x.chunk_rows), forward
+    return score_rows(x.comp, queries, x.chunk_rows, active_visible=x.active_visible), forward
 
 
 def timed(fn: Callable[[PauseInputs], tuple[RowScores, float]], inputs: PauseInputs) -> Signal:
