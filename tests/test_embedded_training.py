@@ -127,3 +127,29 @@ def test_distractor_needles_are_in_the_context_but_never_asked():
     sample = training_sample(cur, tok, 600, random.Random(0))
     asked = {k for turn in sample.turns for k in turn.keys}
     assert len(sample.needles) == 5 and len(asked) == 2
+
+
+def test_a_run_can_start_from_an_exported_model_folder(tmp_path):
+    from safetensors.torch import load_file
+
+    folder = train(tiny_config(tmp_path / "a", steps=4), progress=False)
+    cfg = tiny_config(tmp_path / "b", steps=4, init_from=str(folder), stop_after=0,
+                      curriculum=Curriculum(min_length=160, max_length=256, needle_counts=(2,), answer_format="mirror"))
+    exported = load_file(train(cfg, progress=False) / "model.safetensors")
+    source = load_file(folder / "model.safetensors")
+    assert all(torch.equal(exported[name], source[name]) for name in source)
+
+
+def test_a_variable_tracking_curriculum_trains_on_its_chains():
+    import random
+
+    from idlekv.embedded.data import training_sample
+
+    tok = build_tokenizer()
+    curriculum = Curriculum(task="vt_split", min_length=1400, max_length=2048, answer_format="values", eval_lengths=(2048, 1400))
+    sample = training_sample(curriculum, tok, 1600, random.Random(0))
+    assert sample.task == "vt_split" and sample.total_tokens <= 1600 and len(sample.turns) == 2
+    ids, mask, ranges = conversation(sample, tok, "values")
+    for turn, (a, b) in zip(sample.turns, ranges):
+        answer = tok.decode(ids[a:b])
+        assert all(name in answer for name in turn.outputs) and all(mask[i] == 1.0 for i in range(a, b))

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 
 import torch
 
-from ruler.generation import _assemble, _Draw, _turns
+from ruler.generation import NON_NIAH_TASKS, _assemble, _Draw, _turns, generate
 from ruler.keys import make_value, word_list
 from ruler.render import PLAIN_TURN_SEPARATOR, encode, render
 from ruler.sample import Sample
 from ruler.seeding import sample_seed
 from ruler.tasks import get_task
 from ruler.templates import ANSWER_LINKS, ANSWER_PREFIX, NOISE, QUESTION, join_queries
+
+TRAINING_SEED = 7 * 10**6  # the base seed of training samples drawn from a task's own generator: disjoint from every eval's
 
 # A needle as (the words before its value, the value), in either needle style; the first
 # group keeps the space, if any, that separates the two.
@@ -62,6 +64,9 @@ class Curriculum:
     # Needles that no turn asks about, added to a conversation (drawn per sample), so that
     # questions ask a subset of the context's keys as the split turns do.
     distractor_counts: tuple[int, ...] = (0,)
+    # held-out evaluation lengths (the main set, then a shorter one where progress shows first);
+    # a task with a long fixed part (vt: its solved example) needs longer ones
+    eval_lengths: tuple[int, int] = (1024, 320)
 
     def length_range(self, step: int, total_steps: int) -> tuple[int, int]:
         if step < self.hold_steps:
@@ -95,6 +100,8 @@ def conversation(sample: Sample, tokenizer, answer_format: str) -> tuple[list[in
 
 
 def training_sample(curriculum: Curriculum, tokenizer, target_length: int, rng: random.Random, step: int = 10**9) -> Sample:
+    if curriculum.task in NON_NIAH_TASKS:  # vt, cwe, fwe: their own generator, at the drawn length
+        return generate(curriculum.task, target_length, rng.getrandbits(40), tokenizer, base_seed=TRAINING_SEED)
     n = rng.choice(curriculum.needle_choices(step))
     single = rng.random() < curriculum.single_turn_probability or n < 2
     extra = rng.choice(curriculum.distractor_counts)

@@ -60,7 +60,7 @@ class TrainConfig:
             raise ValueError(f"unknown training options {unknown}")
         if "curriculum" in d and isinstance(d["curriculum"], dict):
             cur = dict(d["curriculum"])
-            for key in ("needle_counts", "hold_needle_counts", "pair_counts", "distractor_counts"):
+            for key in ("needle_counts", "hold_needle_counts", "pair_counts", "distractor_counts", "eval_lengths"):
                 if key in cur:
                     cur[key] = tuple(cur[key])
             d["curriculum"] = Curriculum(**cur)
@@ -205,8 +205,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     elif cfg.init_from:
         model.load_state_dict(initial_weights(Path(cfg.init_from), device))
         print(f"initialised from {cfg.init_from}", flush=True)
-    heldout = heldout_set(cfg, tokenizer)
-    heldout_short = heldout_set(cfg, tokenizer, length=320)  # progress is visible here first
+    long_length, short_length = cfg.curriculum.eval_lengths
+    heldout = heldout_set(cfg, tokenizer, length=long_length)
+    heldout_short = heldout_set(cfg, tokenizer, length=short_length)  # progress is visible here first
     answer_format = cfg.curriculum.answer_format or heldout[0].options["answer_format"]
     model.train()
     last = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
