@@ -33,6 +33,7 @@ from idlekv.repair.conditions import STANDARD_CONDITIONS, Condition
 from idlekv.repair.granularity import first_k, rank_heads, unit_scores
 from idlekv.repair.memory import KVShape, PeakPlan, SampleRows, predict_peak
 from idlekv.repair.planned import PlannedCache, apply_plan
+from idlekv.repair.digest import DigestOptions
 from idlekv.repair.signals import PauseInputs, Signal, compute_signals
 from idlekv.retention.base import RetentionInputs, RetentionRule
 from ruler.metrics import needle_recall
@@ -81,6 +82,7 @@ class EngineConfig:
     max_new_tokens: int = 48
     warm_precision: str = "model"
     chunk_rows: int | None = None  # warm rows per scoring chunk; None = by device (see scoring.py)
+    digest: DigestOptions = field(default_factory=DigestOptions)  # pages of the digest signal (kept only when a condition reads it)
     seed: int = 0
     turn: int = 1  # the turn that is repaired and scored (0-based): turn 2
     # The conditions of every (B, K) of a sample resume together, padded to the largest; a
@@ -142,6 +144,8 @@ class RepairEngine:
             prefill_queries = [pre.queries[layer][0] for layer in range(root.num_layers)]
         else:
             root = prefill(self.model, prompt, self.config.warm_precision, room)
+        if any(c.signal == "digest" for c in self.config.conditions):  # pages are summarised as rows are evicted
+            root.warm.keep_digest(self.config.digest.page_rows)
         turn1 = turn_ids[0]
         with capture_queries(self.model, accumulate=True) as cap:
             answer = run_turn(self.model, root, turn1, budgets[0], self.stop_ids)
@@ -169,7 +173,7 @@ class RepairEngine:
         (`active_visible`: a ragged plan's padding, which no signal may count)."""
         wanted = {c.signal for c in self.config.conditions if c.signal} if wanted is None else wanted
         inputs = PauseInputs(self.model, comp, turn_ids, stale_queries, rule_scores, wrong_turn_ids, self.config.chunk_rows,
-                             active_visible)
+                             active_visible, self.config.digest)
         return compute_signals(inputs, wanted)
 
     # --- one condition's cache ---------------------------------------------------------------

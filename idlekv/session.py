@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -34,6 +34,7 @@ from idlekv.engine import EngineConfig, RepairEngine, TurnOne
 from idlekv.generation import resume_batch
 from idlekv.repair.batching import cache_columns, needle_table, turn_spans
 from idlekv.repair.conditions import Condition
+from idlekv.repair.digest import DigestOptions
 from idlekv.retention.base import RetentionInputs, RetentionRule
 from ruler.metrics import needle_recall
 from ruler.sample import Sample
@@ -49,6 +50,7 @@ class SessionConfig:
     max_new_tokens: int = 32
     warm_precision: str = "model"
     chunk_rows: int | None = None
+    digest: DigestOptions = field(default_factory=DigestOptions)
 
 
 @dataclass
@@ -87,7 +89,8 @@ class SessionEngine:
         self.config = config
         self.engine = RepairEngine(model, tokenizer, rule, EngineConfig(
             budgets=[config.budget], ks=[config.k], conditions=list(config.conditions), window=config.window,
-            max_new_tokens=config.max_new_tokens, warm_precision=config.warm_precision, chunk_rows=config.chunk_rows))
+            max_new_tokens=config.max_new_tokens, warm_precision=config.warm_precision, chunk_rows=config.chunk_rows,
+            digest=config.digest))
         self.model, self.tokenizer, self.rule = model, tokenizer, rule
 
     # --- a conversation ------------------------------------------------------------------------

@@ -26,6 +26,7 @@ class WarmTier:
         self._v: list[QuantizedRows | None] = [None] * num_layers
         self._p: list[torch.Tensor | None] = [None] * num_layers
         self._present: list[torch.Tensor | None] = [None] * num_layers
+        self.digest = None  # a PageDigest once keep_digest() is called (idlekv/repair/digest.py)
 
     @property
     def num_layers(self) -> int:
@@ -41,6 +42,18 @@ class WarmTier:
             return 0
         counts = self._present[0].sum(-1)
         return int(counts.flatten()[0])
+
+    def keep_digest(self, page_rows: int) -> None:
+        """From now on, rows entering this tier also get page digests (min/max keys) on the model's device."""
+        from idlekv.repair.digest import PageDigest
+
+        if self.storage_rows(0):
+            raise ValueError("keep_digest() must be called before the first eviction")
+        self.digest = PageDigest(self.num_layers, page_rows)
+
+    def present(self, layer: int) -> torch.Tensor:
+        """(batch, kv_heads, storage_rows) bool: which storage slots this fork still holds."""
+        return self._present[layer]
 
     # --- bytes, from the tensors held -------------------------------------------------
     def _row_bytes(self, layer: int) -> int:
@@ -67,6 +80,8 @@ class WarmTier:
     # --- operations -------------------------------------------------------------------
     def add(self, layer: int, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
         """Store evicted rows: quantized where they are (gathered on the device), then one copy into host storage."""
+        if self.digest is not None:
+            self.digest.add(layer, keys, self.storage_rows(layer))
         k = quantize(keys, self.precision).map(lambda t: to_host(t, self.plan))
         v = quantize(values, self.precision).map(lambda t: to_host(t, self.plan))
         p = positions.to("cpu")
@@ -84,8 +99,11 @@ class WarmTier:
             empty = torch.empty(0, 0, 0, dtype=torch.long)
             return empty, empty
         present = self._present[layer]
-        n = int(present[0, 0].sum())
-        slots = torch.sort((~present).to(torch.int8), dim=-1, stable=True).indices[..., :n]
+        b, h, n = present.shape
+        if bool(present.all()):  # nothing promoted yet: every slot, without a scan
+            slots = torch.arange(n).expand(b, h, n)
+        else:  # nonzero lists slots row-major: ascending within each (batch, head), equal counts per head
+            slots = present.nonzero()[:, -1].view(b, h, -1)
         return slots, gather_rows(self._p[layer], slots)
 
     def positions(self, layer: int) -> torch.Tensor:
@@ -128,10 +146,12 @@ class WarmTier:
         twin.precision, twin.plan, twin.upload = self.precision, self.plan, Uploader(self.plan)
         twin._k, twin._v, twin._p = list(self._k), list(self._v), list(self._p)
         twin._present = list(self._present)  # masks are replaced, never written in place
+        twin.digest = None if self.digest is None else self.digest.fork()
         return twin
 
     def compact(self) -> None:
-        """Rewrite storage to hold only the rows present (this fork's own copy)."""
+        """Rewrite storage to hold only the rows present (this fork's own copy); a digest is rebuilt
+        over the new slots from the stored keys."""
         for layer in range(self.num_layers):
             if self._present[layer] is None:
                 continue
@@ -140,6 +160,12 @@ class WarmTier:
             self._k[layer], self._v[layer] = self._k[layer].map(keep), self._v[layer].map(keep)
             self._p[layer] = gather_rows(self._p[layer], slots)
             self._present[layer] = torch.ones(self._p[layer].shape, dtype=torch.bool)
+        if self.digest is not None:
+            self.digest = type(self.digest)(self.num_layers, self.digest.page_rows)
+            for layer in range(self.num_layers):
+                if self._k[layer] is not None:
+                    stored = dequantize(self._k[layer].map(self.upload), torch.float32)
+                    self.digest.add(layer, stored, 0)
 
     def _check(self, slots: Selection) -> None:
         for layer, idx in enumerate(slots):

@@ -17,7 +17,7 @@ from idlekv.repair.selectors import SELECTORS, build_selector
 KINDS = ("full", "repair", "refresh")
 ANCHORS = ("warm", "all")
 # the signals that also score the active rows, which anchors="all" ranks
-SIGNALS_WITH_ACTIVE_SCORES = ("exact", "proxy", "proxy_centered", "stale", "wrong")
+SIGNALS_WITH_ACTIVE_SCORES = ("exact", "digest", "proxy", "proxy_centered", "stale", "wrong")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 exact: the next turn's own post-RoPE queries over the compressed cache (the reference's scorer);
 proxy: the next turn's key rows used as queries; stale: the turn-1 question's queries (a control
 that should not help); wrong: another sample's next turn, of the same task (a control that should
-not help); rule: the turn-1 rule's own scores (Matched). A signal is computed once per compressed
+not help); rule: the turn-1 rule's own scores (Matched); digest: the exact signal over the warm pages whose
+Quest bound is highest (idlekv/repair/digest.py). A signal is computed once per compressed
 cache and timed by one helper; exact and proxy share one forward of the next turn.
 """
 
@@ -18,6 +19,7 @@ import torch
 from idlekv.attention import capture_queries
 from idlekv.cache import TieredCache
 from idlekv.models import with_cache
+from idlekv.repair.digest import DigestOptions, digest_rows
 from idlekv.repair.scoring import RowScores, centered_proxy_queries, proxy_queries, score_rows
 
 
@@ -39,6 +41,7 @@ class PauseInputs:
     wrong_turn_ids: list[int] | None = None  # another sample's next turn
     chunk_rows: int | None = None
     active_visible: list[torch.Tensor] | None = None  # a ragged plan's padding mask (idlekv/repair/planned.py)
+    digest: DigestOptions = field(default_factory=DigestOptions)  # the pages the digest signal scores exactly
     _forwards: dict = field(default_factory=dict, repr=False)
 
     def forward(self, ids: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor], float]:
@@ -92,6 +95,12 @@ def rule_signal(x: PauseInputs) -> tuple[RowScores, float]:
 def exact_signal(x: PauseInputs) -> tuple[RowScores, float]:
     queries, _, forward = x.forward(x.turn_ids)
     return score_rows(x.comp, queries, x.chunk_rows, active_visible=x.active_visible), forward
+
+
+@signal("digest")
+def digest_signal(x: PauseInputs) -> tuple[RowScores, float]:
+    queries, _, forward = x.forward(x.turn_ids)
+    return digest_rows(x.comp, queries, x.digest, active_visible=x.active_visible), forward
 
 
 @signal("proxy")

@@ -17,6 +17,7 @@ from idlekv.engine import EngineConfig, RepairEngine
 from idlekv.environment import environment
 from idlekv.models import LoadedModel
 from idlekv.repair.conditions import Condition
+from idlekv.repair.digest import DigestOptions
 from idlekv.repair.memory import DoesNotFit
 from idlekv.results import ResultStore
 from idlekv.tracking import make_logger
@@ -80,7 +81,7 @@ def engine_from_config(cfg: DictConfig, lm) -> RepairEngine:
     engine_cfg = EngineConfig(
         budgets=list(cfg.phase.budgets), ks=list(cfg.phase.ks), conditions=conditions, window=cfg.retention.window,
         max_new_tokens=cfg.phase.max_new_tokens, warm_precision=repair.warm_precision, chunk_rows=repair.chunk_rows,
-        seed=cfg.seed,
+        seed=cfg.seed, digest=DigestOptions(**OmegaConf.to_container(repair.digest)),
         resume_batch_rows=repair.resume_batch_rows,
     )
     return RepairEngine(lm.model, lm.tokenizer, rule, engine_cfg)

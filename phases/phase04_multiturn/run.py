@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from idlekv.environment import environment
 from idlekv.repair.conditions import Condition
+from idlekv.repair.digest import DigestOptions
 from idlekv.results import ResultStore
 from idlekv.session import SessionConfig, SessionEngine
 from phases.common import ROOT, load_phase_model, locked_model, phase_main, rule_for_model
@@ -60,7 +61,8 @@ def engines(cfg: DictConfig, lm) -> dict[str, SessionEngine]:
     rule = rule_for_model(OmegaConf.to_container(cfg.retention), cfg.model.path)
     return {v: SessionEngine(lm.model, lm.tokenizer, rule, SessionConfig(
         phase.budget, phase.k, conditions, cumulative=VARIANTS[v], window=cfg.retention.window,
-        max_new_tokens=phase.max_new_tokens, warm_precision=repair.warm_precision, chunk_rows=repair.chunk_rows))
+        max_new_tokens=phase.max_new_tokens, warm_precision=repair.warm_precision, chunk_rows=repair.chunk_rows,
+        digest=DigestOptions(**OmegaConf.to_container(repair.digest))))
         for v in phase.variants}
 
 
