@@ -4,7 +4,11 @@ Builds Qwen2.5-7B-shaped tiers (28 layers, 4 KV heads, head_dim 128, bf16) from 
 post-RoPE-like keys, then times `promote` of K rows chosen at random from the warm tier:
 host gather (+ pinned staging and host->device copy on CUDA) + dequantize + write into the
 reserved active capacity. Baselines in the same run: a contiguous memcpy of the same
-number of bytes, and (on CUDA) pinned and pageable host->device bandwidth.
+number of bytes (fresh buffers of that size, not cache-resident above a few MB), the bare
+gather of the same stored rows into a reused buffer (what any promotion reads: the floor of
+this machine's row gather), and (on CUDA) pinned and pageable host->device bandwidth.
+Selections: `random` rows (the worst case for a gather) or `bursts` of 7 consecutive warm
+rows (the shape of IdleKV's [a-1, a+5] selection).
 """
 
 from __future__ import annotations
@@ -43,6 +47,26 @@ def h2d_gbps(nbytes: int, pinned: bool, reps: int) -> float:
     return nbytes / median_seconds(lambda: dst.copy_(src, non_blocking=pinned), reps, "cuda") / 1e9
 
 
+def gather_floor_gbps(cache: TieredCache, slots: torch.Tensor, reps: int) -> float:
+    """The stored rows of `slots` in every layer (keys and values) gathered into one reused buffer, as bf16 bytes per second."""
+    from idlekv.cache.transfer import Staging
+
+    staging, warm = Staging(cache.warm.plan), cache.warm
+    gather = lambda: [staging.gather([(warm._k[i], slots[None]), (warm._v[i], slots[None])]) for i in range(warm.num_layers)]  # noqa: E731
+    row_bytes = 2 * warm.num_layers * slots.shape[0] * cache.active.head_dim * cache.active.dtype.itemsize
+    return slots.shape[-1] * row_bytes / median_seconds(gather, reps, "cpu") / 1e9
+
+
+def pick_slots(candidates: int, k: int, heads: int, selection: str, seed: int) -> torch.Tensor:
+    """(heads, k) distinct warm slots: random rows, or bursts of 7 consecutive rows at random places."""
+    gen = torch.Generator().manual_seed(seed)
+    if selection == "random":
+        return torch.stack([torch.randperm(candidates, generator=gen)[:k] for _ in range(heads)])
+    width = 7
+    starts = [torch.randperm(candidates // width, generator=gen)[: -(-k // width)] * width for _ in range(heads)]
+    return torch.stack([(s[:, None] + torch.arange(width)).flatten()[:k] for s in starts])
+
+
 def run(args) -> list[dict]:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16
@@ -53,10 +77,8 @@ def run(args) -> list[dict]:
     for precision in args.precision:
         root = build_cache(args.layers, args.kv_heads, args.head_dim, args.active_rows, args.warm_rows, max(args.k), precision, device, dtype)
         slots_all, _ = root.warm.candidates(0)
-        for k in args.k:
-            gen = torch.Generator().manual_seed(k)
-            pick = torch.stack([torch.randperm(slots_all.shape[-1], generator=gen)[:k] for _ in range(args.kv_heads)])
-            slots = torch.gather(slots_all[0], -1, pick)
+        for k, selection in ((k, sel) for k in args.k for sel in args.selection):
+            slots = torch.gather(slots_all[0], -1, pick_slots(slots_all.shape[-1], k, args.kv_heads, selection, k))
 
             def setup():
                 twin = root.fork()
@@ -66,10 +88,12 @@ def run(args) -> list[dict]:
             seconds = median_seconds(lambda twin: twin.promote(slots), args.reps, device, setup=setup)
             moved = k * row_bytes
             baseline = memcpy_gbps(moved, device, args.reps)
+            floor = gather_floor_gbps(root, slots, args.reps)
             row = {
-                "device": device, "precision": precision, "k": k, "promoted_bytes": moved,
+                "device": device, "precision": precision, "k": k, "selection": selection, "promoted_bytes": moved,
                 "promote_ms": seconds * 1e3, "promote_gbps": moved / seconds / 1e9,
                 "memcpy_gbps": baseline, "ratio_vs_memcpy": moved / seconds / 1e9 / baseline,
+                "gather_gbps": floor, "gather_ratio_vs_memcpy": floor / baseline,
             }
             if device == "cuda":
                 row["h2d_pinned_gbps"] = h2d_gbps(moved, True, args.reps)
@@ -77,8 +101,9 @@ def run(args) -> list[dict]:
                 row["ratio_vs_h2d_pinned"] = row["promote_gbps"] / row["h2d_pinned_gbps"]
             results.append(row)
             extra = f"  h2d pinned {row['h2d_pinned_gbps']:.1f} GB/s (ratio {row['ratio_vs_h2d_pinned']:.2f})" if device == "cuda" else ""
-            print(f"{precision:>5} K={k:>5}: promote {row['promote_ms']:8.2f} ms = {row['promote_gbps']:6.2f} GB/s | "
-                  f"memcpy {baseline:6.2f} GB/s | ratio {row['ratio_vs_memcpy']:.2f}{extra}", flush=True)
+            print(f"{precision:>5} K={k:>5} {selection:>6}: promote {row['promote_ms']:8.2f} ms = {row['promote_gbps']:6.2f} GB/s | "
+                  f"memcpy {baseline:6.2f} GB/s | ratio {row['ratio_vs_memcpy']:.2f} | bare gather of the stored rows "
+                  f"{row['gather_ratio_vs_memcpy']:.2f} of memcpy{extra}", flush=True)
     return results
 
 
@@ -91,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm-rows", type=int, default=8192)
     parser.add_argument("--k", type=int, nargs="+", default=[96, 1024, 4096])
     parser.add_argument("--precision", nargs="+", default=["model", "fp8", "int8"])
+    parser.add_argument("--selection", nargs="+", choices=["random", "bursts"], default=["random", "bursts"])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", help="write the rows as JSON here")

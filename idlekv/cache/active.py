@@ -153,6 +153,29 @@ class ActiveTier:
             self._p[i][:, :, self._len : new_len] = positions[i].to(self.device)
         self._len = new_len
 
+    def open_rows(self, count: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per layer, writable (keys, values, positions) views of `count` new rows, taken in by commit_rows():
+        the tier's own reserved rows, or a fork's new extra rows (the shared buffers are never written)."""
+        if self._shared:
+            b, h, d = self.batch, self.kv_heads, self.head_dim
+            self._opened = [(torch.empty(b, h, count, d, dtype=self.dtype, device=self.device),
+                             torch.empty(b, h, count, d, dtype=self.dtype, device=self.device),
+                             torch.empty(b, h, count, dtype=torch.long, device=self.device)) for _ in range(self.num_layers)]
+            return self._opened
+        self.reserve(count)
+        end = self._len + count
+        return [(k[:, :, self._len : end], v[:, :, self._len : end], p[:, :, self._len : end])
+                for k, v, p in zip(self._k, self._v, self._p)]
+
+    def commit_rows(self, count: int) -> None:
+        """Take in the rows written into open_rows(count)'s views."""
+        if not self._shared:
+            self._len += count
+            return
+        opened, self._opened = self._opened, None
+        self._extra = opened if self._extra is None else [tuple(torch.cat([a, b], dim=2) for a, b in zip(old, new))
+                                                          for old, new in zip(self._extra, opened)]
+
     def hold_quantized(self, full: Sequence[torch.Tensor], precision: str) -> int:
         """Rows where full[l] (kv_heads, rows) is False take their quantize -> dequantize round trip in place:
         the values a mixed-precision store (idlekv/cache/mixed.py) gives attention. Returns the bytes such a

@@ -106,11 +106,14 @@ class TieredCache:
             if k.shape[-2]:
                 self.warm.add(layer, k, v, p)
 
+    @torch.no_grad()
     def promote(self, slots: torch.Tensor | Sequence[torch.Tensor]) -> None:
         """Move the selected warm rows (slot indices per layer/head) into the active tier."""
         slots = self._normalize(slots)
-        rows = self.warm.take(slots, self.active.device, self.active.dtype)
-        self.active.append([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+        self.warm.check(slots)
+        count = slots[0].shape[-1]
+        self.warm.take_into(slots, self.active.open_rows(count))  # gathered once, straight into the reserved rows
+        self.active.commit_rows(count)
 
     def promote_positions(self, positions: torch.Tensor | Sequence[torch.Tensor]) -> None:
         """Promote by original token position instead of warm slot."""

@@ -52,6 +52,75 @@ def host_cat(parts: list[torch.Tensor], dim: int, plan: TransferPlan) -> torch.T
     return out
 
 
+class Staging:
+    """Rows gathered from host storage into one reused contiguous buffer (page-locked where the plan
+    says), then moved to the device in one transfer. On CUDA the host waits for the previous upload
+    before it writes the buffer again (an event), so a reuse never races a copy in flight."""
+
+    ALIGN = 64  # bytes: every part starts where any dtype's view of it is aligned
+
+    def __init__(self, plan: TransferPlan):
+        self.plan = plan
+        self._host: torch.Tensor | None = None
+        self._event = None
+
+    def gather(self, parts: list) -> list:
+        """[(QuantizedRows storage (B, H, N, d), slots (B, H, k))] -> the selected rows of each as QuantizedRows on the device."""
+        from idlekv.cache.quant import QuantizedRows
+
+        tensors = [(t, idx) for rows, idx in parts for t in (rows.data, rows.scale) if t is not None]
+        sizes = [_aligned(idx.numel() * t.shape[-1] * t.element_size()) for t, idx in tensors]
+        host = self._buffer(sum(sizes))
+        views, offset = [], 0
+        for (t, idx), size in zip(tensors, sizes):
+            view = _typed(host, offset, t.dtype, (*idx.shape, t.shape[-1]))
+            _index_select_into(view, t, idx)
+            views.append(view)
+            offset += size
+        if self.plan.pin_host:
+            moved = host[:offset].to(self.plan.device, non_blocking=self.plan.non_blocking)
+            self._event = torch.cuda.Event()
+            self._event.record()
+            views = [_typed(moved, int(v.storage_offset() * v.element_size()), v.dtype, v.shape) for v in views]
+        out, views = [], iter(views)
+        for rows, _ in parts:
+            data = next(views)
+            out.append(QuantizedRows(data, None if rows.scale is None else next(views)))
+        return out
+
+    def _buffer(self, nbytes: int) -> torch.Tensor:
+        if self._event is not None:
+            self._event.synchronize()  # the last upload from the buffer has finished reading it
+        if self._host is None or self._host.numel() < nbytes:
+            self._host = host_empty(max(nbytes, 1 << 20), torch.uint8, self.plan)
+            self._host.zero_()  # touched now, so a promotion does not pay first-touch page faults
+        return self._host
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // Staging.ALIGN) * Staging.ALIGN
+
+
+def _typed(buffer: torch.Tensor, offset: int, dtype: torch.dtype, shape) -> torch.Tensor:
+    """A view of `buffer`'s bytes from `offset` as a contiguous tensor of `dtype` and `shape`."""
+    nbytes = dtype.itemsize
+    for n in shape:
+        nbytes *= n
+    return buffer[offset : offset + nbytes].view(dtype).view(shape)
+
+
+def _index_select_into(out: torch.Tensor, storage: torch.Tensor, idx: torch.Tensor) -> None:
+    """out (B, H, k, d) = storage (B, H, N, d) rows idx (B, H, k): one index_select of whole rows (memcpy-like)."""
+    if storage.dtype.itemsize == 1 and storage.dtype not in (torch.int8, torch.uint8):
+        storage, out = storage.view(torch.uint8), out.view(torch.uint8)  # float8 has no index_select kernel
+    b, h, n, d = storage.shape
+    if d == 1:  # scales and positions: an element gather (index_select pays per row, whatever its size)
+        torch.gather(storage[..., 0], 2, idx, out=out[..., 0])
+        return
+    flat = (idx + (torch.arange(b * h) * n).view(b, h, 1)).reshape(-1)
+    torch.index_select(storage.reshape(b * h * n, d), 0, flat, out=out.view(-1, d))
+
+
 class Uploader:
     """Host rows to the device through one reused staging buffer.
 
