@@ -30,10 +30,10 @@ from idlekv.evaluation import prefill
 from idlekv.generation import answer_token_budget, resume_batch, run_turn, stop_token_ids
 from idlekv.repair.batching import Pending, batches, cache_columns, needle_table, turn_spans
 from idlekv.repair.conditions import STANDARD_CONDITIONS, Condition
+from idlekv.repair.digest import DigestOptions
 from idlekv.repair.granularity import first_k, rank_heads, unit_scores
 from idlekv.repair.memory import KVShape, PeakPlan, SampleRows, predict_peak
 from idlekv.repair.planned import PlannedCache, apply_plan
-from idlekv.repair.digest import DigestOptions
 from idlekv.repair.signals import PauseInputs, Signal, compute_signals
 from idlekv.retention.base import RetentionInputs, RetentionRule
 from ruler.metrics import needle_recall

@@ -11,7 +11,7 @@ from idlekv.repair.scoring import score_rows
 from idlekv.retention import SnapKV
 from idlekv.session import SessionConfig, SessionEngine
 from tests.test_engine import B, setup  # noqa: F401 (the fixture)
-from tests.test_session import CONDITIONS, K, SCHEDULE
+from tests.test_session import CONDITIONS, SCHEDULE, K
 
 LAYERS, HEADS, ROWS, DIM = 2, 2, 300, 16
 

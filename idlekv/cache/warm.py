@@ -168,7 +168,7 @@ class WarmTier:
         twin._k, twin._v, twin._p = list(self._k), list(self._v), list(self._p)
         twin._present = list(self._present)  # shared until either side marks a row absent (then it copies)
         twin._owns_present = self._owns_present = False
-        twin.staging, twin._stamps = Staging(self.plan), None
+        twin.staging, twin._stamps = self.staging, self._stamps  # scratch: forks promote one at a time
         twin.digest = None if self.digest is None else self.digest.fork()
         return twin
 

@@ -111,7 +111,7 @@ class PageDigest:
 @torch.no_grad()
 def digest_rows(cache, queries: list[torch.Tensor], options: DigestOptions, active_visible: list[torch.Tensor] | None = None):
     """RowScores of every warm row (0 outside the kept pages) and every active row, from the digest."""
-    from idlekv.repair.scoring import RowScores, _Buffers, _grouped_queries, _log2sumexp2, _logits, _reduce, _add_rows
+    from idlekv.repair.scoring import RowScores, _add_rows, _Buffers, _grouped_queries, _log2sumexp2, _logits, _reduce
 
     digest = cache.warm.digest
     if digest is None:

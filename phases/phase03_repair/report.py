@@ -12,7 +12,7 @@ import pandas as pd
 
 from idlekv.intervals import bootstrap, paired
 
-ORDER = ["Full", "Refresh-buffered", "SpanRef-K", "IdleKV+kept-anchors", "IdleKV", "Coverage", "ProxyQ-K", "ProxyC-K", "StaleQ-K",
+ORDER = ["Full", "Refresh-buffered", "SpanRef-K", "IdleKV+kept-anchors", "IdleKV", "IdleKV-digest", "Coverage", "ProxyQ-K", "ProxyC-K", "StaleQ-K",
          "WrongQ-K", "Matched", "Random-K", "Oldest-K"]
 KEYS = ["task", "split", "B", "K", "condition"]
 # what the compact per-sample rows keep: every column a summary or a paired difference reads
@@ -38,12 +38,12 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     return agg.round(4)
 
 
-def paired_differences(rows: pd.DataFrame) -> pd.DataFrame:
+def paired_differences(rows: pd.DataFrame, baselines=BASELINES) -> pd.DataFrame:
     """Per (task, split, B, K): every condition minus each baseline present, paired by sample, with n and a 95% interval."""
     out = []
     for cell, part in rows.groupby(KEYS[:-1]):
         table = part.pivot_table(index="index", columns="condition", values="accuracy")
-        for baseline in (b for b in BASELINES if b in table.columns):
+        for baseline in (b for b in baselines if b in table.columns):
             for condition in (c for c in table.columns if c != baseline):
                 both = table[[condition, baseline]].dropna()
                 d = paired(both[condition].to_numpy(), both[baseline].to_numpy())

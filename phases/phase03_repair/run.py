@@ -22,7 +22,7 @@ from idlekv.repair.memory import DoesNotFit
 from idlekv.results import ResultStore
 from idlekv.tracking import make_logger
 from phases.common import ROOT, load_phase_model, locked_model, phase_main, rule_for_model
-from phases.phase03_repair.report import compact, paired_differences, summarize, write_frontier, write_regime
+from phases.phase03_repair.report import BASELINES, compact, paired_differences, summarize, write_frontier, write_regime
 from phases.publish import atomic_path, companion, report_run, write_tables
 from ruler import generate
 from ruler.generation import NON_NIAH_TASKS
@@ -42,7 +42,8 @@ def expected_cells(config: dict) -> list[dict]:
 
 def tables(frame, config: dict, csv: Path) -> dict:
     """The summary (n and 95% intervals), the paired differences and the compact per-sample rows."""
-    return {csv: summarize(frame), companion(csv, "pairs"): paired_differences(frame), companion(csv, "rows"): compact(frame)}
+    baselines = config["phase"].get("baselines", BASELINES)  # an experiment may pair against more (IdleKV, for its variants)
+    return {csv: summarize(frame), companion(csv, "pairs"): paired_differences(frame, baselines), companion(csv, "rows"): compact(frame)}
 
 
 def write_outputs(frame, config: dict, csv: Path, figure: Path) -> list[Path]:
