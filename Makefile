@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # wheels); with CUDA keep the user's torch by letting the venv see system packages.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: setup test test-slow test-all lint publish multiturn bench-cache bench-repair gpu-check memory-check tiny-model tiny-model-distractors check-model phase01 probe retention repair policy rank-profile collect paper clean help
+.PHONY: setup test test-slow test-all lint publish multiturn bench-cache bench-repair gpu-check memory-check runtime tiny-model tiny-model-distractors check-model phase01 probe retention repair policy rank-profile collect paper clean help
 
 help:
 	@echo "make setup        create .venv and install the project (+dev extras)"
@@ -29,6 +29,7 @@ help:
 	@echo "make publish PHASE=phase03_repair_4q   rebuild a finished run's CSV and figure into saved_results/ and paper/figures/"
 	@echo "make rank-profile where the turn-1 rule ranks each needle: why Matched does or does not rise with K"
 	@echo "make multiturn    phase04: five turns, one cache per condition carried across them, repaired at every pause"
+	@echo "make runtime      phase07: score / select / promote vs warm candidates (to 1M), digest recall, repair vs re-prefill"
 	@echo "make policy       phase06: the repair under every turn-1 retention rule (Matched, IdleKV, Random-K per rule)"
 	@echo "make paper        paper/main.pdf from saved_results/ (needs: apt-get install latexmk texlive-latex-recommended texlive-latex-extra)"
 
@@ -102,6 +103,9 @@ paper: setup
 
 policy: setup
 	$(BIN)/python -m phases.phase06_policy_sensitivity.run experiment=phase06_policy_sensitivity
+
+runtime: setup
+	$(BIN)/python -m phases.phase07_runtime.run experiment=phase07_runtime
 
 EXPERIMENT ?= phase03_repair_4q
 rank-profile: setup

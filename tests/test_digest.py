@@ -114,6 +114,7 @@ def test_idlekv_digest_with_every_page_kept_repairs_as_idlekv(setup):  # noqa: F
     rows = RepairEngine(model, tok, SnapKV(sinks=4, recent=16), EngineConfig(
         budgets=[B], ks=[8, 24], conditions=conditions, max_new_tokens=3, digest=DigestOptions(8, kept_pages=10_000))).run_sample(sample)
     by = {(r["condition"], r["K"]): r for r in rows}
+    assert all(r["digest_bytes"] > 0 for r in rows)  # the root kept pages (a condition reads them), reported per row
     for k in (8, 24):
         assert by[("IdleKV", k)]["answer"] == by[("IdleKV-digest", k)]["answer"]
         assert by[("IdleKV", k)]["needle_rows_active"] == by[("IdleKV-digest", k)]["needle_rows_active"]

@@ -10,7 +10,10 @@
    the floor of moving the same bytes over a pinned copy;
 5. exact scoring ms at 32K and 1M warm candidates (Qwen-shaped, bf16);
 6. the engine's cost per cell against the reference protocol (make bench-repair (a));
-7. peak KV memory at 32K for the Qwen2.5-7B and Llama-3.1-8B KV shapes (make memory-check).
+7. peak KV memory at 32K for the Qwen2.5-7B and Llama-3.1-8B KV shapes (make memory-check);
+8. phase07's runtime envelope (make runtime) on this device: score / select / promote vs warm
+   candidates up to 4M where host memory allows, the digest's trade-off at 1M, and the repair of a
+   32K sample against re-prefilling it (written beside the report as <out>_runtime.csv).
 
 `--quick` shrinks every part so the same code runs on the CPU in the test suite.
 """
@@ -203,13 +206,48 @@ def scoring_times(device: str, args) -> list[dict]:
     return rows
 
 
+def runtime_envelope(device: str, args, out: Path) -> list[dict]:
+    """phase07's measurements, on this device, without its run folder: the ratios it publishes, printed and returned."""
+    import pandas as pd
+
+    from idlekv.config import compose
+    from idlekv.models import load_model
+    from phases.phase07_runtime import embedded, tiers
+    from phases.phase07_runtime.report import ratios, summarize
+    from phases.phase07_runtime.run import repair_engine
+
+    cfg = compose(["experiment=phase07_runtime", f"device={device}", f"phase.candidates=[{','.join(map(str, args.runtime_candidates))}]",
+                   *args.runtime_overrides])
+    phase, rows, never = cfg.phase, [], lambda row: False
+    rows += tiers.floor_rows(phase, device, never)
+    for candidates in phase.candidates:
+        rows += tiers.latency_rows(phase, candidates, device, never)
+    for keys_model in phase.recall.keys_models:
+        rows += tiers.digest_tradeoff_rows(phase, keys_model, device, never)
+    lm = load_model(ROOT / cfg.model.path, device=device)
+    engine = repair_engine(cfg, lm)
+    rows += embedded.recall_rows(phase, engine, never)
+    rows += embedded.reprefill_rows(phase, engine, device, never)
+    frame = pd.DataFrame(rows)
+    frame.to_csv(out.with_name(f"{out.stem}_runtime.csv"), index=False)
+    table = ratios(frame, summarize(frame))
+    print("(8) " + table.to_string(index=False).replace("\n", "\n    "), flush=True)
+    return table.to_dict("records")
+
+
+def host_memory_bytes() -> int:
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes: the same code on the CPU in seconds (the test suite runs it)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/gpu_check.json")
     p.add_argument("--strict", action="store_true", help="exit 1 when a part failed (the test suite's quick run)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["equality", "copies", "promote", "scoring", "engine", "memory"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["equality", "copies", "promote", "scoring", "engine", "memory", "runtime"])
     return p
 
 
@@ -220,6 +258,12 @@ def sizes(args) -> None:
     args.candidates = [2048] if quick else [32768, 1 << 20]
     args.queries, args.reps = 64, (1 if quick else 5)
     args.copy_bytes = (16 << 20) if quick else (1 << 30)
+    # the envelope's sizes: 4M candidates hold 8 GB of aliased storage on the host (idlekv/bench/synthetic_tiers.py)
+    args.runtime_candidates = [2048, 4096] if quick else [32768, 131072, 524288, 1 << 20] + ([1 << 22] if host_memory_bytes() > (64 << 30) else [])
+    args.runtime_overrides = ["phase.ks=[8,16]", "phase.reps=1", "phase.recall.candidates=4096", "phase.recall.k=64",
+                              "phase.recall.page_rows=[16]", "phase.recall.kept_fractions=[0.125]", "phase.embedded.num_samples=1",
+                              "phase.embedded.page_rows=[16]", "phase.embedded.kept_fractions=[0.125]", "phase.reprefill.length=1024",
+                              "phase.reprefill.budget=128", "phase.reprefill.reps=1", "phase.floor_bytes=1048576"] if quick else []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
             mem = memory_check.parser().parse_args(["--layers", *layers, "--device", device] + (
                 ["--context", "1024", "--budgets", "512", "--ks", "8", "16"] if args.quick else []))
             save("memory", lambda: memory_check.run(mem))
+        if "runtime" not in args.skip:
+            save("runtime", lambda: runtime_envelope(device, args, out))
     if report.get("failures") and args.strict:
         print(f"gpu-check: {len(report['failures'])} part(s) failed: {sorted(report['failures'])}")
         return 1

@@ -27,6 +27,7 @@ class TierBytes:
     active_allocated: int  # device buffers, reserved capacity included
     warm_kv: int  # rows present in this cache's warm tier, as stored (scales included)
     warm_storage: int  # host storage held (shared by forks)
+    digest: int = 0  # the warm tier's page digest on the model's device (idlekv/repair/digest.py), when it keeps one
 
 
 class TieredCache:
@@ -82,7 +83,8 @@ class TieredCache:
         return self.active.rows
 
     def bytes(self) -> TierBytes:
-        return TierBytes(self.active.kv_nbytes, self.active.allocated_nbytes, self.warm.kv_nbytes, self.warm.storage_nbytes)
+        digest = 0 if self.warm.digest is None else self.warm.digest.nbytes
+        return TierBytes(self.active.kv_nbytes, self.active.allocated_nbytes, self.warm.kv_nbytes, self.warm.storage_nbytes, digest)
 
     def _normalize(self, selection) -> Selection:
         return normalize_selection(selection, self.num_layers, self.active.batch, self.active.kv_heads)

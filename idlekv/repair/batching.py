@@ -25,7 +25,7 @@ class Pending:
 def cache_columns(cache: TieredCache, needles) -> dict:
     """What a row reports of a condition's cache, measured from its tensors."""
     size = cache.bytes()
-    return {"active_rows": cache.rows, "active_bytes": size.active_kv, "warm_bytes": size.warm_kv,
+    return {"active_rows": cache.rows, "active_bytes": size.active_kv, "warm_bytes": size.warm_kv, "digest_bytes": size.digest,
             "needle_rows_active": _span_coverage(cache, needles)}
 
 

@@ -81,6 +81,8 @@ class PageDigest:
 
     def present_rows(self, layer: int, present: torch.Tensor) -> torch.Tensor:
         """Rows still in the warm tier per page (batch, kv_heads, pages): promotion marks rows absent."""
+        if bool(present.all()):  # nothing promoted since the pages were made: no scan
+            return self._rows[layer].to(present.device).expand(*present.shape[:-1], -1)
         counts = torch.nn.functional.pad(present.to(torch.int32).cumsum(-1), (1, 0))
         start = self._start[layer].to(counts.device)
         end = start + self._rows[layer].to(counts.device)
@@ -89,7 +91,7 @@ class PageDigest:
     def bounds(self, layer: int, grouped: torch.Tensor) -> torch.Tensor:
         """Quest's bound of every page's logits: grouped queries (H, d, g*T) -> (H, pages, g*T)."""
         lo, hi = self._min[layer][0].to(grouped.dtype), self._max[layer][0].to(grouped.dtype)
-        return torch.bmm(hi, grouped.clamp(min=0)) + torch.bmm(lo, grouped.clamp(max=0))
+        return torch.bmm(lo, grouped.clamp(max=0)).baddbmm_(hi, grouped.clamp(min=0))  # the sum in place: no third tensor
 
     def page_slots(self, layer: int, pages: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Warm slots of the rows of `pages` (H, n) -> (H, n * P) slots and whether each is a row of its page."""
