@@ -15,10 +15,15 @@ CELL = ["part", "tier", "keys_model", "signal", "stage", "candidates", "k", "pag
 COMPACT = [*CELL, "index", "value", "warm_key_bytes", "digest_bytes"]
 
 
+def with_blank_fields(rows: pd.DataFrame) -> pd.DataFrame:
+    """A field that does not apply is "" in a run's rows and empty (NaN) once read back from CSV: one form for both."""
+    return rows.fillna({"signal": "", "keys_model": ""})
+
+
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     """Per cell: n, mean, p50, p95 and a 95% bootstrap interval of the mean."""
     out = []
-    for key, part in rows.groupby(CELL, dropna=False):
+    for key, part in with_blank_fields(rows).groupby(CELL):
         values = part["value"].to_numpy(dtype=float)
         interval = bootstrap(values)
         out.append({**dict(zip(CELL, key)), "n": len(values), "mean": values.mean(), "p50": float(np.median(values)),
@@ -35,6 +40,7 @@ def ratios(rows: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     """What the issue compares, each from p50s of the same run: the floors of scoring and promotion, the digest
     against the exact signal, and the repair against re-prefilling the prompt."""
     out = []
+    rows, summary = with_blank_fields(rows), with_blank_fields(summary)
     lat = summary[summary["part"] == "latency"]
     copy = memcpy_gbps(summary)
     key_bytes = rows.dropna(subset=["warm_key_bytes"]).groupby("candidates")["warm_key_bytes"].first() if "warm_key_bytes" in rows else {}

@@ -15,7 +15,7 @@ from idlekv.bench.synthetic_tiers import page_digest, promote_bytes, synthetic_p
 from idlekv.bench.timing import synchronize
 from idlekv.cache.transfer import TransferPlan, host_empty
 from idlekv.repair.digest import DigestOptions, digest_rows
-from idlekv.repair.granularity import rank_heads, first_k, unit_scores
+from idlekv.repair.granularity import first_k, rank_heads, unit_scores
 from idlekv.repair.scoring import proxy_queries, score_rows
 from idlekv.repair.selectors import TopKBurst
 
