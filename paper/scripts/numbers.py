@@ -41,6 +41,11 @@ def _pair(name, csv, **where):
     return Quote(name, csv, where, mean="mean", n="n", signed=True)
 
 
+def _runtime(name, **where):
+    """A phase07 cell: a timing's mean over repetitions (seconds) or a recall's mean over units, with n and its interval."""
+    return Quote(name, "phase07_runtime.csv", where, mean="mean", n="n")
+
+
 _4Q, _SPEC, _POL = "phase03_repair_4q.csv", "phase03_specificity_4q.csv", "phase06_policy_sensitivity_pairs.csv"
 QUOTES = [
     _summary("FourQIdleKV", _4Q, condition="IdleKV", B=192, K=24),
@@ -83,6 +88,16 @@ QUOTES = [
     Quote("GateFourKeys", "phase01_full_cache.csv", {"task": "mq_niah", "num_keys": 4, "length": 2048}, n="n"),
     Quote("CheckRemoved", "embedded_model_check.csv", {"measure": "turn2_queried_removed"}, mean="mean", n="n"),
     Quote("CheckFull", "embedded_model_check.csv", {"measure": "turn2_full"}, mean="mean", n="n"),
+    _pair("DigestGain", "phase03_repair_4q_digest_pairs.csv", difference="IdleKV-digest - IdleKV", B=192, K=24),
+    _pair("DigestGainBig", "phase03_repair_4q_digest_pairs.csv", difference="IdleKV-digest - IdleKV", B=256, K=24),
+    _runtime("EnvExactOneM", part="latency", stage="score", signal="exact", candidates=1 << 20),
+    _runtime("EnvDigestOneM", part="latency", stage="score", signal="digest", candidates=1 << 20),
+    _runtime("EnvPromoteOneM", part="latency", stage="promote", candidates=1 << 20, k=5000),
+    _runtime("EnvTopKRecall", part="recall", stage="top_k", keys_model="rope", page_rows=16, kept_fraction=0.015625),
+    _runtime("EnvPlantedRecall", part="recall", stage="planted", keys_model="rope", page_rows=16, kept_fraction=0.015625),
+    _runtime("EnvNeedleRecall", part="recall", stage="needles", tier="embedded", page_rows=16, kept_fraction=0.03125),
+    _runtime("EnvRepairExact", part="reprefill", stage="repair", signal="exact"),
+    _runtime("EnvPrefill", part="reprefill", stage="prefill"),
 ]
 
 

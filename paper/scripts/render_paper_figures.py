@@ -264,10 +264,47 @@ def full_cache(saved: Path):
     return fig
 
 
+def runtime(saved: Path):
+    import matplotlib.pyplot as plt
+
+    summary = pd.read_csv(saved / "phase07_runtime.csv").fillna({"signal": "", "keys_model": ""})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(6.6, 2.4))
+    lat = summary[(summary["part"] == "latency") & (summary["tier"] == "qwen7b")]
+    names = {"exact": ("IdleKV", "exact score"), "digest": ("IdleKV-digest", "digest score (P = 16, 1/64 read)"),
+             "proxy": ("ProxyQ-K", "proxy score")}
+    for signal, (condition, label) in names.items():
+        line = lat[(lat["stage"] == "score") & (lat["signal"] == signal)].sort_values("candidates")
+        left.plot(line["candidates"], line["p50"], marker="o", markersize=2.5, linewidth=1, color=style.colour(condition), label=label)
+    k = int(lat[lat["stage"] == "promote"]["k"].max())
+    for stage, colour in (("select", "#E69F00"), ("promote", "#CC79A7")):
+        line = lat[(lat["stage"] == stage) & (lat["k"] == k)].sort_values("candidates")
+        left.plot(line["candidates"], line["p50"], marker="s", markersize=2.5, linewidth=1, linestyle="--", color=colour,
+                  label=f"{stage} (K = {k})")
+    left.set_xscale("log", base=2)
+    left.set_yscale("log")
+    left.set_xlabel("warm candidates per head")
+    left.set_ylabel("seconds (p50)")
+    left.legend(frameon=False, fontsize=6)
+    rec = summary[(summary["part"] == "recall") & (summary["page_rows"] == 16)]
+    lines = (("qwen7b", "rope", "top_k", "synthetic keys: each head's top-5000", "#7F7F7F"),
+             ("qwen7b", "rope", "planted", "synthetic keys: the planted rows", "#0072B2"),
+             ("embedded", "real", "needles", "embedded model: the needle rows", "#D55E00"))
+    for tier, keys, stage, label, colour in lines:
+        line = rec[(rec["tier"] == tier) & (rec["keys_model"] == keys) & (rec["stage"] == stage)].sort_values("kept_fraction")
+        _errorbar(right, line["kept_fraction"], line, "mean", label, colour)
+    right.set_xscale("log", base=2)
+    right.set_xlabel("share of warm pages read (P = 16)")
+    right.set_ylabel("recall")
+    right.set_ylim(-0.02, 1.02)
+    right.legend(frameon=False, fontsize=6)
+    return fig
+
+
 FIGURES: dict[str, Callable] = {
     "fig_frontier_4q": frontier_4q, "fig_needle_counts": needle_counts, "fig_snapkv_max": snapkv_max, "fig_rank_profile": rank_profile, "fig_specificity": specificity, "fig_specificity_needles": specificity_needles, "fig_replication": replication,
     "fig_signal_profile": signal_profile, "fig_regime": regime,
     "fig_multiturn": multiturn, "fig_policy": policy, "fig_retention": retention, "fig_full_cache": full_cache,
+    "fig_runtime": runtime,
 }
 
 

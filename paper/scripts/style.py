@@ -22,6 +22,7 @@ CONDITION_COLOURS = {
     "WrongQ-K": "#AA4499",
     "ProxyQ-K": "#44AA99",
     "ProxyC-K": "#117733",
+    "IdleKV-digest": "#332288",
 }
 RC = {
     "font.family": "serif", "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7,
