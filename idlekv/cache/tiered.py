@@ -111,7 +111,7 @@ class TieredCache:
     @torch.no_grad()
     def promote(self, slots: torch.Tensor | Sequence[torch.Tensor]) -> None:
         """Move the selected warm rows (slot indices per layer/head) into the active tier."""
-        slots = self._normalize(slots)
+        slots = [s.cpu() for s in self._normalize(slots)]  # warm slots index host storage
         self.warm.check(slots)
         count = slots[0].shape[-1]
         self.warm.take_into(slots, self.active.open_rows(count))  # gathered once, straight into the reserved rows
