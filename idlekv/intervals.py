@@ -27,6 +27,16 @@ def bootstrap(values: Sequence[float], resamples: int = 2000, seed: int = 0, lev
     return Interval(int(x.size), float(x.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail)))
 
 
+def wilson(successes: int, n: int, z: float = 1.96) -> Interval:
+    """A proportion and its 95% Wilson score interval: not [0, 0] when every trial failed, as a bootstrap would be."""
+    if n == 0:
+        return Interval(0, float("nan"), float("nan"), float("nan"))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return Interval(n, p, float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
 def paired(a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 0) -> Interval:
     """a - b over the same samples (aligned), resampling samples jointly."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)

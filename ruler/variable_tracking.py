@@ -12,6 +12,10 @@ As RULER's generator (scripts/data/synthetic/variable_tracking.py, read, not cop
 turn 2 the other, each assignment line annotated as a needle of the turn that asks its chain.
 `split: clean` also keeps the later turns' chains out of the last `recency_window` prompt
 tokens (phase03's clean split: a recent window cannot keep them by position).
+
+`vt_split_embedded` is ours, for the embedded model, whose tokenizer spells RULER's names letter by
+letter: `names: words` draws each name from ruler's key words (one token each for that tokenizer),
+and it has no solved example. RULER's lines, question and answer prefix are unchanged.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import random
 import re
 import string
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
+from ruler.keys import word_list
 from ruler.render import annotate_tokens, encode, render, use_chat
 from ruler.sample import Needle, Sample, Turn
 from ruler.seeding import sample_seed
@@ -42,6 +48,7 @@ class VTSpec:
     recency_window: int = 0  # prompt tokens at the end where a clean split puts no later-turn chain line
     answer_tokens: int = 30  # RULER's tokens_to_generate for vt
     example: bool = True  # RULER's one solved example before the task
+    names: str = "letters"  # letters: RULER's upper-case names; words: one of ruler's key words each (ours)
     chat: bool | None = None
 
     def generate(self, length: int, index: int, tokenizer, base_seed: int = 0) -> Sample:
@@ -56,19 +63,37 @@ class VTSpec:
         return replace(self, **overrides)
 
 
-VT_TASKS = {spec.name: spec for spec in [VTSpec("vt"), VTSpec("vt_split", num_chains=2, split="balanced")]}
+VT_TASKS = {spec.name: spec for spec in [
+    VTSpec("vt"),
+    VTSpec("vt_split", num_chains=2, split="balanced"),
+    VTSpec("vt_split_embedded", num_chains=2, split="balanced", example=False, names="words"),
+]}
+NAME_KINDS = ("letters", "words")
 
 
-def chains(rng: random.Random, num_chains: int, num_hops: int, letters: int = 5, value: str | None = None):
-    """(names per chain, lines per chain): distinct names; each chain starts at a value."""
-    names: list[str] = []
-    while len(names) < num_chains * (num_hops + 1):
-        name = "".join(rng.choices(string.ascii_uppercase, k=letters))
-        if name not in names:
-            names.append(name)
+def draw_name(rng: random.Random, kind: str, letters: int) -> str:
+    if kind == "letters":
+        return "".join(rng.choices(string.ascii_uppercase, k=letters))
+    return rng.choice(name_words())
+
+
+@lru_cache(maxsize=1)
+def name_words() -> tuple[str, ...]:
+    """Key words that no template line contains, so a name's string match cannot hit the prompt's own text."""
+    fixed = " ".join([NOISE, INSTRUCTION, QUESTION, ANSWER_PREFIX, "VAR"]).lower()
+    return tuple(w for w in word_list() if w not in fixed and len(w) >= 3)
+
+
+def chains(rng: random.Random, num_chains: int, num_hops: int, letters: int = 5, value: str | None = None, kind: str = "letters"):
+    """(names per chain, lines per chain): distinct names (none inside another); each chain starts at a value."""
+    drawn: list[str] = []
+    while len(drawn) < num_chains * (num_hops + 1):
+        name = draw_name(rng, kind, letters)
+        if not any(name in other or other in name for other in drawn):
+            drawn.append(name)
     out_names, out_lines = [], []
     for c in range(num_chains):
-        chain = names[c * (num_hops + 1) : (c + 1) * (num_hops + 1)]
+        chain = drawn[c * (num_hops + 1) : (c + 1) * (num_hops + 1)]
         start = value if value is not None else str(rng.randint(10000, 99999))
         out_names.append(chain)
         out_lines.append([f"VAR {chain[0]} = {start}"] + [f"VAR {chain[j + 1]} = VAR {chain[j]} " for j in range(num_hops)])
@@ -95,7 +120,7 @@ def solved_example(rng: random.Random, spec: VTSpec, tokenizer) -> str:
     """RULER's solved example: the task with 3-letter names and the value 12345, as many noise
     blocks as fit in 500 tokens, then its answer; the answer's names and the value redrawn
     (whole words here; RULER replaces substrings)."""
-    names, lines = chains(rng, spec.num_chains, min(10, spec.num_hops), letters=3, value="12345")
+    names, lines = chains(rng, spec.num_chains, min(10, spec.num_hops), letters=3, value="12345", kind=spec.names)
     question = "".join(_question(names[0], "12345"))
     example = lambda n: INSTRUCTION + "\n".join(t for t, _ in lay_out(random.Random(n), lines, n)) + "\n" + question  # noqa: E731
     least = len(lines[0])  # RULER places a chain's lines among at least as many blocks
@@ -107,14 +132,14 @@ def solved_example(rng: random.Random, spec: VTSpec, tokenizer) -> str:
         best = text
     text = best + " " + " ".join(names[0])
     for name in names[0]:
-        text = re.sub(rf"\b{name}\b", "".join(rng.choices(string.ascii_uppercase, k=len(name))), text)
+        text = re.sub(rf"\b{name}\b", draw_name(rng, spec.names, len(name)), text)
     return text.replace("12345", str(rng.randint(10000, 99999))) + "\n"
 
 
 def _build(spec: VTSpec, seed: int, num_noise: int, example: str, length: int, index: int, tokenizer, chat: bool,
            later_free: int = 0) -> Sample:
     rng = random.Random(seed)
-    names, lines = chains(rng, spec.num_chains, spec.num_hops)
+    names, lines = chains(rng, spec.num_chains, spec.num_hops, kind=spec.names)
     items = lay_out(random.Random(seed + num_noise), lines, num_noise, later_free)
     head = example + INSTRUCTION
     pieces, needles, pos = [], [], len(head)
@@ -149,6 +174,8 @@ def generate_vt(spec: VTSpec, length: int, index: int, tokenizer, base_seed: int
     """One vt sample fitted to `length` tokens: the most noise blocks that fit (a binary search)."""
     from ruler.generation import LengthError
 
+    if spec.names not in NAME_KINDS:
+        raise ValueError(f"{spec.name}: names {spec.names!r} not in {NAME_KINDS}")
     if spec.split not in ("all", "balanced", "clean"):
         raise ValueError(f"{spec.name}: split {spec.split!r} not in ('all', 'balanced', 'clean')")
     if spec.split != "all" and spec.num_chains < 2:

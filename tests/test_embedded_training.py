@@ -153,3 +153,28 @@ def test_a_variable_tracking_curriculum_trains_on_its_chains():
     for turn, (a, b) in zip(sample.turns, ranges):
         answer = tok.decode(ids[a:b])
         assert all(name in answer for name in turn.outputs) and all(mask[i] == 1.0 for i in range(a, b))
+
+
+def test_the_curve_of_chained_stages_counts_on_and_bounds_its_exact_rate(tmp_path):
+    import csv
+
+    from idlekv.embedded.curve import main as curve_main
+    from idlekv.intervals import wilson
+
+    first = train(tiny_config(tmp_path / "a"), progress=False)
+    second = train(tiny_config(tmp_path / "b", init_from=str(first), steps=8), progress=False)
+    out, figure = tmp_path / "curve.csv", tmp_path / "curve.png"
+    assert curve_main([str(first), str(second / "training_record.json"), "--out", str(out), "--figure", str(figure)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [int(r["total_step"]) for r in rows] == [4, 8, 12, 16, 20]  # stage b's steps 4 and 8 follow stage a's 12
+    assert [r["stage"] for r in rows] == ["model"] * 5
+    minutes = [float(r["total_minutes"]) for r in rows]
+    assert minutes == sorted(minutes)
+    for r in rows:
+        assert float(r["heldout_exact_low"]) <= float(r["heldout_exact"]) <= float(r["heldout_exact_high"])
+        assert int(r["heldout_n"]) == 2
+    assert figure.stat().st_size > 0
+    none_right = wilson(0, 16)
+    assert none_right.mean == 0 and none_right.low == 0 and abs(none_right.high - 0.1936) < 1e-3  # the textbook 0/16
+    half = wilson(8, 16)
+    assert abs(half.low - 0.2800) < 1e-3 and abs(half.high - 0.7200) < 1e-3

@@ -15,12 +15,13 @@ PREFIX = " Answer: According to the chain(s) of variable assignment in the text 
 INSTRUCTION = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
 
 
-def chain_of(prompt: str, value: str, letters: int = 5) -> list[str]:
-    """Follow the assignments from `value`: the names that hold it, in order."""
+def chain_of(prompt: str, value: str, letters: int = 5, name: str | None = None) -> list[str]:
+    """Follow the assignments from `value`: the names (`letters` upper-case letters, or the `name` pattern) that hold it, in order."""
     names, target = [], f"= {value}"
     lines = prompt.split("\n")
+    name = name or f"[A-Z]{{{letters}}}"
     while True:
-        hit = [ln for ln in lines if re.fullmatch(rf"VAR [A-Z]{{{letters}}} {re.escape(target)}", ln.rstrip())]
+        hit = [ln for ln in lines if re.fullmatch(rf"VAR {name} {re.escape(target)}", ln.rstrip())]
         if not hit:
             return names
         names.append(hit[0].split()[1])
@@ -75,3 +76,22 @@ def test_a_clean_split_keeps_the_later_chain_out_of_the_recent_window(tokenizer)
     assert len(later) == 5 and max(n.token_end for n in later) <= sample.prompt_tokens - 128
     with pytest.raises(ValueError, match="recency_window"):
         generate("vt_split", 2048, 4, tokenizer, split="clean")
+
+
+def test_the_embedded_version_names_variables_with_one_token_words_and_keeps_rulers_text(tokenizer):
+    from idlekv.embedded.tokenizer import build_tokenizer
+    from ruler.keys import word_list
+
+    embedded = build_tokenizer()
+    sample = generate("vt_split_embedded", 1024, 3, embedded)
+    assert sample.prompt.startswith(INSTRUCTION) and sample.total_tokens <= 1024  # no solved example
+    for turn in sample.turns:
+        value = re.search(r"value (\d{5}) in", turn.question).group(1)
+        assert turn.question == QUESTION.format(v=value) and turn.answer_prefix == PREFIX.format(v=value)
+        assert turn.outputs == chain_of(sample.prompt, value, name="[a-z]+") and len(turn.outputs) == 5
+        assert all(n in word_list() and len(embedded.tokenize(" " + n)) == 1 for n in turn.outputs)
+    names = sample.turns[0].outputs + sample.turns[1].outputs
+    assert not any(a in b for a in names for b in names if a != b)  # a name's string match cannot hit another
+    assert generate("vt_split", 2048, 2, tokenizer).prompt == generate("vt_split", 2048, 2, tokenizer, names="letters").prompt
+    with pytest.raises(ValueError, match="names"):
+        generate("vt_split", 2048, 2, tokenizer, names="digits")
