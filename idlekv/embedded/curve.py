@@ -3,7 +3,7 @@ held-out evaluation, steps and minutes counted on from the stages before (a stag
 the previous one's export continues its curve). The exact-answer rate gets its n and a 95% Wilson
 interval, which stays informative where every sample is wrong (a bootstrap of zeros is [0, 0]).
 
-    python -m idlekv.embedded.curve models/embedded_vt models/embedded_vt2 --out docs/measured/curve.csv --figure curve.png
+    python -m idlekv.embedded.curve models/embedded models/embedded_distractors --out curve.csv --figure curve.png
 """
 
 from __future__ import annotations
