@@ -173,6 +173,7 @@ def test_the_curve_of_chained_stages_counts_on_and_bounds_its_exact_rate(tmp_pat
     for r in rows:
         assert float(r["heldout_exact_low"]) <= float(r["heldout_exact"]) <= float(r["heldout_exact_high"])
         assert int(r["heldout_n"]) == 2
+        assert 0 <= float(r["first_turn_token_acc"]) <= 1  # two-turn held-out samples log their first turn too
     assert figure.stat().st_size > 0
     none_right = wilson(0, 16)
     assert none_right.mean == 0 and none_right.low == 0 and abs(none_right.high - 0.1936) < 1e-3  # the textbook 0/16

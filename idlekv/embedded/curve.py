@@ -16,6 +16,8 @@ from pathlib import Path
 
 from idlekv.intervals import wilson
 
+NAN = float("nan")
+
 
 @dataclass(frozen=True)
 class CurvePoint:
@@ -33,6 +35,8 @@ class CurvePoint:
     heldout_token_acc: float
     short_exact: float  # the same at eval_lengths[1]
     short_token_acc: float
+    first_turn_exact: float  # a conversation's first turn at eval_lengths[0] (NaN where the stage did not log it)
+    first_turn_token_acc: float
 
 
 def read_record(path: Path) -> dict:
@@ -54,7 +58,8 @@ def curve(records: list[dict], names: list[str]) -> list[CurvePoint]:
                 loss=entry["loss"], heldout_n=n, heldout_exact=entry["heldout_exact"],
                 heldout_exact_low=round(interval.low, 4), heldout_exact_high=round(interval.high, 4),
                 heldout_token_acc=round(entry["heldout_token_acc"], 4), short_exact=entry.get("short_exact", float("nan")),
-                short_token_acc=round(entry.get("short_token_acc", float("nan")), 4)))
+                short_token_acc=round(entry.get("short_token_acc", NAN), 4),
+                first_turn_exact=entry.get("first_turn_exact", NAN), first_turn_token_acc=round(entry.get("first_turn_token_acc", NAN), 4)))
         steps_before += record["steps"]
         minutes_before += record["train_seconds"] / 60
     return points
@@ -78,8 +83,9 @@ def plot(points: list[CurvePoint], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
     left.plot(steps, [p.loss for p in points], color="k")
     left.set(xlabel="step (all stages)", ylabel="training loss (answer tokens)")
-    right.plot(steps, [p.heldout_token_acc for p in points], label="token accuracy")
-    right.errorbar(steps, [p.heldout_exact for p in points], capsize=2, label=f"exact answers (n={points[0].heldout_n}, 95% Wilson)",
+    right.plot(steps, [p.heldout_token_acc for p in points], label="token accuracy (last turn)")
+    right.plot(steps, [p.first_turn_token_acc for p in points], label="token accuracy (first turn)")
+    right.errorbar(steps, [p.heldout_exact for p in points], capsize=2, label=f"exact answers, last turn (n={points[0].heldout_n}, 95% Wilson)",
                    yerr=[[p.heldout_exact - p.heldout_exact_low for p in points], [p.heldout_exact_high - p.heldout_exact for p in points]])
     right.set(xlabel="step (all stages)", ylabel="held-out, teacher-forced", ylim=(0, 1))
     right.legend(fontsize=7)

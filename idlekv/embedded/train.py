@@ -95,19 +95,33 @@ def weighted_loss(logits: torch.Tensor, input_ids: torch.Tensor, weights: torch.
 
 @torch.no_grad()
 def heldout_accuracy(model, tokenizer, samples, device, answer_format: str) -> dict:
-    """Teacher-forced accuracy on held-out samples: the last turn's answer, token by token and whole."""
+    """Teacher-forced accuracy on held-out samples: the last turn's answer, token by token and whole,
+    and in a conversation the first turn's too (a later turn can lean on the earlier gold answers)."""
     model.eval()
-    exact, correct, total = 0, 0, 0
+    last, first = _Hits(), _Hits()
     for sample in samples:
         ids, _, ranges = conversation(sample, tokenizer, answer_format)
-        a, b = ranges[-1]
         logits = model(torch.tensor([ids], device=device)).logits[0]
-        predicted = logits[a - 1 : b - 1].argmax(-1).cpu()
-        target = torch.tensor(ids[a:b])
-        hits = int((predicted == target).sum())
-        correct, total, exact = correct + hits, total + len(target), exact + int(hits == len(target))
+        last.add(logits, ids, ranges[-1])
+        if len(ranges) > 1:
+            first.add(logits, ids, ranges[0])
     model.train()
-    return {"heldout_exact": exact / len(samples), "heldout_token_acc": correct / total}
+    out = {"heldout_exact": last.exact / len(samples), "heldout_token_acc": last.correct / last.total}
+    if first.total:
+        out |= {"first_turn_exact": first.exact / len(samples), "first_turn_token_acc": first.correct / first.total}
+    return out
+
+
+class _Hits:
+    """Teacher-forced hits of answers: tokens right, tokens, and answers right in full."""
+
+    def __init__(self):
+        self.correct = self.total = self.exact = 0
+
+    def add(self, logits: torch.Tensor, ids: list[int], answer: tuple[int, int]) -> None:
+        a, b = answer
+        hits = int((logits[a - 1 : b - 1].argmax(-1).cpu() == torch.tensor(ids[a:b])).sum())
+        self.correct, self.total, self.exact = self.correct + hits, self.total + b - a, self.exact + int(hits == b - a)
 
 
 @torch.no_grad()
