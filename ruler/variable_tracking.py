@@ -16,6 +16,7 @@ tokens (phase03's clean split: a recent window cannot keep them by position).
 `vt_split_embedded` is ours, for the embedded model, whose tokenizer spells RULER's names letter by
 letter: `names: words` draws each name from ruler's key words (one token each for that tokenizer),
 and it has no solved example. RULER's lines, question and answer prefix are unchanged.
+`vt_embedded` asks one of its two chains in one turn: no earlier answer to lean on.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ VT_TASKS = {spec.name: spec for spec in [
     VTSpec("vt"),
     VTSpec("vt_split", num_chains=2, split="balanced"),
     VTSpec("vt_split_embedded", num_chains=2, split="balanced", example=False, names="words"),
+    VTSpec("vt_embedded", num_chains=2, example=False, names="words"),  # one question, about chain 0 of two
 ]}
 NAME_KINDS = ("letters", "words")
 

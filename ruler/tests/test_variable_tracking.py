@@ -95,3 +95,6 @@ def test_the_embedded_version_names_variables_with_one_token_words_and_keeps_rul
     assert generate("vt_split", 2048, 2, tokenizer).prompt == generate("vt_split", 2048, 2, tokenizer, names="letters").prompt
     with pytest.raises(ValueError, match="names"):
         generate("vt_split", 2048, 2, tokenizer, names="digits")
+    single = generate("vt_embedded", 1024, 3, embedded)  # one question about one of two chains: nothing to lean on
+    (turn,) = single.turns
+    assert len(single.needles) == 10 and sorted(n.key for n in single.needles if n.turns == [0]) == sorted(turn.outputs)
