@@ -179,3 +179,19 @@ def test_the_curve_of_chained_stages_counts_on_and_bounds_its_exact_rate(tmp_pat
     assert none_right.mean == 0 and none_right.low == 0 and abs(none_right.high - 0.1936) < 1e-3  # the textbook 0/16
     half = wilson(8, 16)
     assert abs(half.low - 0.2800) < 1e-3 and abs(half.high - 0.7200) < 1e-3
+
+
+def test_answer_items_are_scored_by_their_own_tokens(tmp_path):
+    from idlekv.embedded.answer_items import item_shares, item_token_spans
+
+    tok = build_tokenizer()
+    sample = generate("vt_split", 1400, 0, tok)  # upper-case names: several tokens each
+    turn = sample.turns[0]
+    answer = turn.gold_answer("values")
+    ids = tok(answer, add_special_tokens=False)["input_ids"]
+    spans = item_token_spans(tok, answer, list(turn.outputs))
+    assert [tok.decode([ids[i] for i in span]).strip() for span in spans] == list(turn.outputs)
+    model = load_model(train(tiny_config(tmp_path, steps=2, eval_every=2, checkpoint_every=2), progress=False), device="cpu").model
+    shares = item_shares(model, tok, [sample, generate("vt_split", 1400, 1, tok)])
+    assert [(s.turn, s.item) for s in shares] == [(t, k) for t in range(2) for k in range(5)]
+    assert all(s.n == 2 and s.low <= s.right <= s.high for s in shares)
