@@ -88,7 +88,7 @@ def plot(points: list[CurvePoint], path: Path) -> None:
     right.errorbar(steps, [p.heldout_exact for p in points], capsize=2, label=f"exact answers, last turn (n={points[0].heldout_n}, 95% Wilson)",
                    yerr=[[p.heldout_exact - p.heldout_exact_low for p in points], [p.heldout_exact_high - p.heldout_exact for p in points]])
     right.set(xlabel="step (all stages)", ylabel="held-out, teacher-forced", ylim=(0, 1))
-    right.legend(fontsize=7)
+    right.legend(fontsize=6, loc="upper left", framealpha=0.9)
     for p, q in zip(points, points[1:]):
         if q.step < p.step:  # the next stage began
             for axis in (left, right):
