@@ -57,7 +57,7 @@ def curve(records: list[dict], names: list[str]) -> list[CurvePoint]:
                 total_minutes=round(minutes_before + entry["minutes"], 2), tokens_per_step=config["tokens_per_step"],
                 loss=entry["loss"], heldout_n=n, heldout_exact=entry["heldout_exact"],
                 heldout_exact_low=round(interval.low, 4), heldout_exact_high=round(interval.high, 4),
-                heldout_token_acc=round(entry["heldout_token_acc"], 4), short_exact=entry.get("short_exact", float("nan")),
+                heldout_token_acc=round(entry["heldout_token_acc"], 4), short_exact=entry.get("short_exact", NAN),
                 short_token_acc=round(entry.get("short_token_acc", NAN), 4),
                 first_turn_exact=entry.get("first_turn_exact", NAN), first_turn_token_acc=round(entry.get("first_turn_token_acc", NAN), 4)))
         steps_before += record["steps"]
